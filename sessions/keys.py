@@ -1,0 +1,168 @@
+"""Key ring and sealed values: AES-256-GCM with the cookie name as associated data.
+
+A sealed value is one base64url string (no padding) of::
+
+    version (1 byte = 1) | key id (4 bytes) | nonce (12) | AES-GCM(expiry (8, big-endian
+    Unix seconds, 0 = none) | payload) with its 16-byte tag
+
+The key id is the first four bytes of SHA-256 of the key, so a value names the key
+that sealed it and the ring opens it with that key alone: rotating keys (put the new
+key first, keep the old ones while their cookies live) logs nobody out. The name the
+value is sealed for goes into the associated data, so a value copied from one cookie
+into another fails to open. Anything that does not open returns None: callers treat
+the cookie as absent and log a security event, never raise.
+
+Run ``python -m sessions.keys`` to print a new key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import struct
+import time
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+VERSION = 1
+_HEADER = struct.Struct(">B4s12s")  # version, key id, nonce
+_EXPIRY = struct.Struct(">Q")
+_AAD_PREFIX = b"tornado-sessions/v1\x00"
+KEY_BYTES = 32
+#: Longest sealed text we try to open: a cookie can't be larger than the browser limit.
+MAX_SEALED_LENGTH = 4096
+
+
+class KeyError_(ValueError):
+    """A configured key is malformed (wrong length, not base64)."""
+
+
+class MissingKeysError(RuntimeError):
+    """Production mode without configured keys."""
+
+
+def generate_key() -> str:
+    """A new random 256-bit key as base64url text (what SESSION_KEYS holds)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(KEY_BYTES)).decode().rstrip("=")
+
+
+def _b64decode(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        text = text.encode("ascii")
+    return base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
+
+
+def _parse_key(text: str) -> bytes:
+    try:
+        raw = _b64decode(text.strip())
+    except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
+        raise KeyError_("a session key must be base64url text") from exc
+    if len(raw) != KEY_BYTES:
+        raise KeyError_(f"a session key must decode to {KEY_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+class KeyRing:
+    """Keys for sealing: the first seals, every one opens."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        if not keys:
+            raise MissingKeysError("a key ring needs at least one key")
+        self._ciphers: dict[bytes, AESGCM] = {}
+        self._order: list[bytes] = []
+        for key in keys:
+            if len(key) != KEY_BYTES:
+                raise KeyError_(f"a session key must be {KEY_BYTES} bytes")
+            kid = hashlib.sha256(key).digest()[:4]
+            if kid not in self._ciphers:
+                self._ciphers[kid] = AESGCM(key)
+                self._order.append(kid)
+        self._primary_id = self._order[0]
+        self._primary = self._ciphers[self._primary_id]
+
+    @classmethod
+    def from_text(cls, text: str) -> KeyRing:
+        """Parse a comma- or whitespace-separated list of base64url keys (newest first)."""
+        parts = [p for p in text.replace(",", " ").split() if p]
+        return cls([_parse_key(p) for p in parts])
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Hex ids of the keys, primary first (for logs; never the keys)."""
+        return [kid.hex() for kid in self._order]
+
+    def seal(self, payload: bytes, name: str, *, max_age: float | None = None) -> str:
+        """Encrypt ``payload`` for the cookie ``name``, expiring after ``max_age`` seconds."""
+        expiry = 0 if max_age is None else int(time.time() + max_age)
+        nonce = os.urandom(12)
+        body = self._primary.encrypt(
+            nonce, _EXPIRY.pack(expiry) + payload, _AAD_PREFIX + name.encode("utf-8")
+        )
+        blob = _HEADER.pack(VERSION, self._primary_id, nonce) + body
+        return base64.urlsafe_b64encode(blob).rstrip(b"=").decode("ascii")
+
+    def open(self, sealed: str | bytes | None, name: str) -> bytes | None:
+        """The payload, or None if the value is not one we sealed for ``name`` or expired."""
+        if not sealed or len(sealed) > MAX_SEALED_LENGTH:
+            return None
+        if isinstance(sealed, str):
+            try:
+                sealed = sealed.encode("ascii")
+            except UnicodeEncodeError:
+                return None
+        try:
+            blob = _b64decode(sealed)
+        except (ValueError, binascii.Error):
+            return None
+        # The decoder skips stray characters and ignores trailing bits; only the one
+        # canonical spelling of a value is accepted, so no two cookies open alike.
+        if base64.urlsafe_b64encode(blob).rstrip(b"=") != sealed:
+            return None
+        if len(blob) < _HEADER.size + _EXPIRY.size + 16:
+            return None
+        version, kid, nonce = _HEADER.unpack_from(blob)
+        cipher = self._ciphers.get(kid)
+        if version != VERSION or cipher is None:
+            return None
+        try:
+            plain = cipher.decrypt(nonce, blob[_HEADER.size :], _AAD_PREFIX + name.encode("utf-8"))
+        except InvalidTag:
+            return None
+        (expiry,) = _EXPIRY.unpack_from(plain)
+        if expiry and expiry <= time.time():
+            return None
+        return plain[_EXPIRY.size :]
+
+
+def load_key_ring(
+    env_value: str | None, *, key_file: Path | None, production: bool
+) -> tuple[KeyRing, str]:
+    """Build the ring from SESSION_KEYS, or (development only) a generated local key file.
+
+    Returns the ring and a short description of where the keys came from.
+    """
+    if env_value and env_value.strip():
+        return KeyRing.from_text(env_value), "SESSION_KEYS"
+    if production:
+        raise MissingKeysError(
+            "production mode needs SESSION_KEYS (newest key first, comma-separated). "
+            "Make a key with:  python -m sessions.keys"
+        )
+    if key_file is None:
+        raise MissingKeysError("no SESSION_KEYS and no development key file configured")
+    if key_file.exists():
+        return KeyRing.from_text(key_file.read_text()), str(key_file)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(generate_key() + "\n")
+    return KeyRing.from_text(key_file.read_text()), f"{key_file} (generated)"
+
+
+if __name__ == "__main__":  # pragma: no cover - a command for operators
+    print(generate_key())

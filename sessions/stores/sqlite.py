@@ -1,0 +1,210 @@
+"""SQLite store: the embedded default, persistent across restarts, no server to run.
+
+sqlite3 blocks, so every call runs on one dedicated worker thread that owns the
+connection; the event loop only awaits. Each value lives in its own row
+(``session_items``), so a save that changes one key rewrites only that row and two
+requests changing different keys never overwrite each other. WAL mode lets other
+processes read while one writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .base import KEEP, Record, Store, StoreError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    key     TEXT PRIMARY KEY,
+    user_id TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);
+CREATE TABLE IF NOT EXISTS session_items (
+    key   TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
+    name  TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (key, name)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+        self.path = str(path)
+        self._timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """SQLAlchemy's convention: ``sqlite:///relative.db``, ``sqlite:////absolute.db``."""
+        scheme, _, rest = url.partition("://")
+        if scheme != "sqlite" or not rest.startswith("/") or len(rest) < 2:
+            raise ValueError(f"not a sqlite URL: {url!r} (use sqlite:///path/to/file.db)")
+        return cls(rest[1:])
+
+    # -- plumbing ------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            conn = self._connect()
+            try:
+                return fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    # -- Store -----------------------------------------------------------------
+    async def load(self, key: str) -> Record | None:
+        def load(conn: sqlite3.Connection) -> Record | None:
+            row = conn.execute(
+                "SELECT created, updated, expires, user_id FROM sessions WHERE key = ? AND expires > ?",
+                (key, time.time()),
+            ).fetchone()
+            if row is None:
+                return None
+            items = conn.execute("SELECT name, value FROM session_items WHERE key = ?", (key,))
+            return Record(data=dict(items.fetchall()), created=row[0], updated=row[1], expires=row[2], user_id=row[3])
+
+        return await self._run(load)
+
+    async def create(self, key: str, record: Record) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DELETE FROM sessions WHERE key = ?", (key,))
+                conn.execute(
+                    "INSERT INTO sessions (key, user_id, created, updated, expires) VALUES (?, ?, ?, ?, ?)",
+                    (key, record.user_id, record.created, record.updated, record.expires),
+                )
+                conn.executemany(
+                    "INSERT INTO session_items (key, name, value) VALUES (?, ?, ?)",
+                    [(key, n, v) for n, v in record.data.items()],
+                )
+
+        await self._run(create)
+
+    async def update(
+        self,
+        key: str,
+        *,
+        set_items: Mapping[str, str],
+        unset_keys: Iterable[str],
+        expires: float,
+        updated: float,
+        user_id: str | None = KEEP,
+    ) -> bool:
+        unset = list(unset_keys)
+
+        def update(conn: sqlite3.Connection) -> bool:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                if user_id is KEEP:
+                    cur = conn.execute(
+                        "UPDATE sessions SET expires = ?, updated = ? WHERE key = ? AND expires > ?",
+                        (expires, updated, key, time.time()),
+                    )
+                else:
+                    cur = conn.execute(
+                        "UPDATE sessions SET expires = ?, updated = ?, user_id = ? WHERE key = ? AND expires > ?",
+                        (expires, updated, user_id, key, time.time()),
+                    )
+                if cur.rowcount != 1:
+                    return False
+                conn.executemany(
+                    "INSERT OR REPLACE INTO session_items (key, name, value) VALUES (?, ?, ?)",
+                    [(key, n, v) for n, v in set_items.items()],
+                )
+                conn.executemany(
+                    "DELETE FROM session_items WHERE key = ? AND name = ?", [(key, n) for n in unset]
+                )
+                return True
+
+        return await self._run(update)
+
+    async def touch(self, key: str, *, expires: float, updated: float) -> bool:
+        def touch(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE sessions SET expires = ?, updated = ? WHERE key = ? AND expires > ?",
+                (expires, updated, key, time.time()),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(touch)
+
+    async def destroy(self, key: str) -> None:
+        await self._run(lambda conn: conn.execute("DELETE FROM sessions WHERE key = ?", (key,)))
+
+    async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
+        def destroy_user(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "DELETE FROM sessions WHERE user_id = ? AND key IS NOT ?", (user_id, keep)
+            )
+            return cur.rowcount
+
+        return await self._run(destroy_user)
+
+    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+        def list_user(conn: sqlite3.Connection) -> list[tuple[str, Record]]:
+            rows = conn.execute(
+                "SELECT key, created, updated, expires FROM sessions"
+                " WHERE user_id = ? AND expires > ? ORDER BY created DESC",
+                (user_id, time.time()),
+            ).fetchall()
+            found = []
+            for key, created, updated, expires in rows:
+                items = conn.execute("SELECT name, value FROM session_items WHERE key = ?", (key,))
+                record = Record(dict(items.fetchall()), created, updated, expires, user_id)
+                found.append((key, record))
+            return found
+
+        return await self._run(list_user)
+
+    async def prune(self) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM sessions WHERE expires <= ?", (time.time(),)).rowcount
+
+        return await self._run(prune)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        def close(conn: sqlite3.Connection) -> None:
+            conn.close()
+            self._conn = None
+
+        if self._conn is not None:
+            await self._run(close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,104 @@
+"""The RequestHandler mixin: lazy session loading and a commit that precedes the response.
+
+Usage::
+
+    app = tornado.web.Application(handlers, session_manager=SessionManager(store, keys))
+
+    class Counter(SessionMixin, tornado.web.RequestHandler):
+        async def post(self):
+            session = await self.get_session()
+            session["count"] = session.get("count", 0) + 1
+            self.write({"count": session["count"]})
+
+Nothing touches the store until a handler awaits ``get_session()``, and a request
+without a session cookie never touches it at all. The commit runs inside
+``finish()``, so the store write completes before a single byte of the response
+(a redirect included) is sent. A store failure becomes a clean 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from tornado.web import HTTPError, RequestHandler
+
+from .cookies import get_sealed_json, set_sealed_json, CookieOptions
+from .manager import SessionManager
+from .session import Session
+from .stores.base import StoreError
+
+log = logging.getLogger("sessions")
+
+
+class SessionMixin(RequestHandler):
+    """Adds ``get_session()`` and sealed-cookie helpers; commits in ``finish()``."""
+
+    _session: Session | None = None
+    _session_commit: asyncio.Future[None] | None = None
+    _session_committed: bool = False
+
+    @property
+    def session_manager(self) -> SessionManager:
+        return self.application.settings["session_manager"]
+
+    async def get_session(self) -> Session:
+        """Load (once per request) and return this request's session."""
+        if self._session is None:
+            try:
+                self._session = await self.session_manager.load(self)
+            except StoreError as exc:
+                log.error("session store failed on load: %s", exc)
+                raise HTTPError(503, reason="Session Store Unavailable") from exc
+            self.add_header("Vary", "Cookie")
+            self.set_header("Cache-Control", "no-store")
+        return self._session
+
+    @property
+    def session(self) -> Session:
+        """The session loaded by ``await self.get_session()`` earlier in this request."""
+        if self._session is None:
+            raise RuntimeError("await self.get_session() before using self.session")
+        return self._session
+
+    # -- sealed cookies (preferences and the like) ---------------------------------
+    def get_sealed_cookie(self, name: str, options: CookieOptions | None = None) -> Any | None:
+        manager = self.session_manager
+        return get_sealed_json(self, name, manager.keys, options or manager.options.cookie)
+
+    def set_sealed_cookie(self, name: str, value: Any, options: CookieOptions | None = None) -> None:
+        manager = self.session_manager
+        set_sealed_json(self, name, value, manager.keys, options or manager.options.cookie)
+
+    # -- commit before the response ----------------------------------------------
+    def finish(self, chunk: Any = None) -> asyncio.Future[None]:
+        if self._session_commit is not None and not self._session_committed:
+            if chunk is not None:
+                self.write(chunk)
+            return self._session_commit  # Tornado's own finish() call while we commit
+        if self._session is None or self._status_code >= 500 or self._finished:
+            return super().finish(chunk)
+        if chunk is not None:
+            self.write(chunk)
+        self._session_commit = asyncio.ensure_future(self._commit_then_finish(self._session))
+        return self._session_commit
+
+    async def _commit_then_finish(self, session: Session) -> None:
+        try:
+            await self.session_manager.commit(self, session)
+        except StoreError as exc:
+            log.error("session store failed on save: %s", exc)
+            self._session_committed = True
+            self.clear()
+            self.send_error(503, reason="Session Store Unavailable")
+            return
+        except Exception:
+            log.exception("session commit failed")
+            self._session_committed = True
+            self.clear()
+            self.send_error(500)
+            return
+        self._session_committed = True
+        if not self._finished:
+            await super().finish()
