@@ -1,0 +1,34 @@
+"""Liveness and readiness: never touch the session, set no cookie."""
+
+from __future__ import annotations
+
+from tornado.web import RequestHandler
+
+from sessions import StoreError
+
+from .base import SecureHeadersMixin, log
+
+
+class HealthHandler(SecureHeadersMixin, RequestHandler):
+    def check_xsrf_cookie(self) -> None:  # nothing here changes state
+        pass
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.write({"status": "ok"})
+
+
+class ReadyHandler(SecureHeadersMixin, RequestHandler):
+    """200 when the session store answers, 503 otherwise (for load balancers)."""
+
+    async def get(self) -> None:
+        store = self.settings["session_manager"].store
+        self.set_header("Cache-Control", "no-store")
+        try:
+            await store.ping()
+        except StoreError as exc:
+            log.warning("readiness: store %s not ready: %s", store.name, exc)
+            self.set_status(503)
+            self.write({"status": "unavailable", "store": store.name})
+            return
+        self.write({"status": "ok", "store": store.name})

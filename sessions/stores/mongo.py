@@ -1,0 +1,481 @@
+"""MongoDB session store on PyMongo's async API, usable with Motor too.
+
+One document per session::
+
+    {_id: <key, already a hash of the session ID>,
+     data: {<escaped session key>: <JSON text>, ...},
+     expires: <BSON date, idle deadline>, created: <date>, updated: <date>,
+     user_id: <str | null, indexed>, meta: {...} (only when non-empty)}
+
+Why this shape:
+
+* Values stay JSON text, one field per session key, so a save is a single
+  ``update_one`` with ``$set``/``$unset`` on ``data.<key>`` fields: concurrent
+  requests that change different keys of one session both persist, and nothing is
+  ever parsed or pickled here.
+* Session keys are escaped (``%`` ``.`` ``$`` NUL percent-encoded, the empty key
+  stored as a lone ``%``) because Mongo update paths split on ``.`` and treat a
+  leading ``$`` as an operator; a key such as ``"a.b"`` or ``"$where"`` must stay
+  one opaque field and round-trip exactly.
+* ``expires`` is a BSON date so that MongoDB's TTL monitor can delete expired
+  documents. The TTL monitor runs about once a minute and some Mongo-compatible
+  servers (FerretDB v1, some cloud "Mongo APIs") have no TTL indexes at all, so
+  every read and conditional write also checks ``expires`` itself, and the
+  ``interval`` expiry mode prunes from a background task.
+* BSON dates have millisecond precision: times read back are the stored float
+  seconds truncated to the millisecond.
+
+Only the method subset shared by ``pymongo.AsyncMongoClient`` and Motor is used
+(``find_one``, ``insert_one``, ``replace_one``, ``update_one``, ``delete_one``,
+``delete_many``, ``find().to_list``, ``create_index``, ``command``), so the store
+accepts a client, database or collection of either driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Literal, ParamSpec, TypeVar
+from urllib.parse import parse_qsl
+
+from bson.codec_options import CodecOptions
+from bson.errors import BSONError
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+
+from .base import Record, Store, StoreError
+
+__all__ = ["MongoStore", "ExpiryMode", "DEFAULT_DATABASE", "DEFAULT_COLLECTION"]
+
+log = logging.getLogger(__name__)
+
+ExpiryMode = Literal["auto", "native", "interval"]
+
+DEFAULT_DATABASE = "tornado_sessions"
+DEFAULT_COLLECTION = "sessions"
+#: Short timeouts so that a database that is down turns a request into a 503
+#: within about two seconds instead of the driver's 30 s default.
+DEFAULT_TIMEOUT = 2.0
+
+_UTC = timezone.utc
+#: Decode dates as aware UTC datetimes whatever the caller's client was built with.
+_CODEC = CodecOptions(tz_aware=True, tzinfo=_UTC)
+#: Everything the driver raises: network and server errors, and documents it
+#: cannot encode (too large, invalid strings).
+_DRIVER_ERRORS = (PyMongoError, BSONError)
+#: Server error codes meaning "an index on these keys already exists with other
+#: options or another name" (IndexOptionsConflict, IndexKeySpecsConflict).
+_INDEX_CONFLICT_CODES = frozenset({85, 86})
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def escape_key(key: str) -> str:
+    """Make a session key safe as one Mongo field name (reversible).
+
+    ``%`` is encoded first so that decoding is exact; every other ``%`` in the
+    result starts a three-character escape, which leaves a lone ``%`` free to
+    stand for the empty key (an empty update path is invalid in Mongo).
+    """
+    if not key:
+        return "%"
+    if "%" in key or "." in key or "$" in key or "\x00" in key:
+        return (
+            key.replace("%", "%25")
+            .replace(".", "%2E")
+            .replace("$", "%24")
+            .replace("\x00", "%00")
+        )
+    return key
+
+
+def unescape_key(field: str) -> str:
+    """Invert :func:`escape_key`."""
+    if "%" not in field:
+        return field
+    if field == "%":
+        return ""
+    return (
+        field.replace("%2E", ".")
+        .replace("%24", "$")
+        .replace("%00", "\x00")
+        .replace("%25", "%")
+    )
+
+
+def _to_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, _UTC)
+
+
+def _to_timestamp(value: datetime) -> float:
+    if value.tzinfo is None:  # a server or codec that drops tzinfo still means UTC
+        value = value.replace(tzinfo=_UTC)
+    return value.timestamp()
+
+
+def _translate_errors(
+    method: Callable[_P, Awaitable[_T]],
+) -> Callable[_P, Awaitable[_T]]:
+    """Turn every driver error into StoreError, so callers answer 503 uniformly."""
+    op = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await method(*args, **kwargs)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"mongodb {op} failed: {type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def _url_option_names(url: str) -> set[str]:
+    """Lower-cased option names given in a connection URL's query string."""
+    _, _, query = url.partition("?")
+    return {name.lower() for name, _ in parse_qsl(query, keep_blank_values=True)}
+
+
+def _is_motor(obj: object, kind: str) -> bool:
+    """True when ``obj`` is a Motor client/database/collection (without importing Motor needlessly).
+
+    Checked by class rather than by attribute, because Motor (like PyMongo)
+    answers any unknown attribute with a sub-collection.
+    """
+    if not type(obj).__module__.startswith("motor"):
+        return False
+    try:
+        import motor.motor_asyncio as motor_asyncio
+    except ImportError:  # pragma: no cover - a motor object without motor installed
+        return False
+    cls = getattr(motor_asyncio, f"AsyncIOMotor{kind}")
+    return isinstance(obj, cls)
+
+
+class MongoStore(Store):
+    """Sessions in one MongoDB collection.
+
+    ``target`` is a connection URL, a ``pymongo.AsyncMongoClient``, a Motor
+    ``AsyncIOMotorClient``, or a database or collection of either. When given a
+    URL the store builds (and on :meth:`close` closes) its own client with short
+    timeouts; options in the URL win over the timeout arguments. A client,
+    database or collection passed in stays the caller's to close.
+
+    ``database`` defaults to the URL's database, else ``"tornado_sessions"``;
+    ``database`` and ``collection`` are ignored when ``target`` is a collection.
+
+    ``expiry_mode``:
+
+    * ``"native"``: a TTL index on ``expires`` (``expireAfterSeconds=0``) lets the
+      server delete expired sessions; the store fails if the server refuses it.
+    * ``"interval"``: a plain index on ``expires`` and a background task that
+      deletes expired sessions every ``prune_interval`` seconds, for servers
+      without TTL indexes.
+    * ``"auto"`` (default): try native, fall back to interval when the server
+      rejects the TTL index; the mode in force is logged and exposed as
+      :attr:`expiry_mode_in_force`.
+
+    In every mode reads ignore expired documents, so expiry is exact however
+    late the deletion runs. Indexes are created on first use, or earlier with
+    :meth:`setup`; creating them is idempotent and safe from several processes.
+    """
+
+    name = "mongodb"
+
+    def __init__(
+        self,
+        target: str | Any,
+        *,
+        database: str | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        expiry_mode: ExpiryMode = "auto",
+        prune_interval: float = 60.0,
+        server_selection_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        socket_timeout: float | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if expiry_mode not in ("auto", "native", "interval"):
+            raise ValueError(f"expiry_mode must be auto, native or interval, not {expiry_mode!r}")
+        if prune_interval <= 0:
+            raise ValueError("prune_interval must be positive")
+        self.expiry_mode: ExpiryMode = expiry_mode
+        #: "native" or "interval" once :meth:`setup` has run; None before.
+        self.expiry_mode_in_force: Literal["native", "interval"] | None = None
+        self.prune_interval = float(prune_interval)
+        self._clock = clock
+        self._owned_client: AsyncMongoClient | None = None
+
+        if isinstance(target, str):
+            options = _url_option_names(target)
+            kwargs: dict[str, Any] = {"tz_aware": True, "appname": "tornado-sessions"}
+            for name, value in (
+                ("serverSelectionTimeoutMS", server_selection_timeout),
+                ("connectTimeoutMS", connect_timeout),
+                ("socketTimeoutMS", socket_timeout),
+            ):
+                if value is not None or name.lower() not in options:
+                    kwargs[name] = int(1000 * (DEFAULT_TIMEOUT if value is None else value))
+            kwargs.update(client_options or {})
+            client = AsyncMongoClient(target, **kwargs)
+            self._owned_client = client
+            db = client[database] if database else client.get_default_database(DEFAULT_DATABASE)
+            coll = db[collection]
+        elif isinstance(target, AsyncMongoClient) or _is_motor(target, "Client"):
+            db = target[database] if database else target.get_default_database(DEFAULT_DATABASE)
+            coll = db[collection]
+        elif isinstance(target, AsyncDatabase) or _is_motor(target, "Database"):
+            coll = target[collection]
+        elif isinstance(target, AsyncCollection) or _is_motor(target, "Collection"):
+            coll = target
+        else:
+            raise TypeError(
+                "MongoStore needs a mongodb:// URL or an async client, database or "
+                f"collection (pymongo.AsyncMongoClient or Motor), not {type(target).__name__}"
+            )
+
+        self._collection = coll.with_options(codec_options=_CODEC)
+        self._ready = False
+        self._closed = False
+        self._setup_lock = asyncio.Lock()
+        self._prune_task: asyncio.Task[None] | None = None
+
+    # -- public extras -------------------------------------------------------
+
+    @property
+    def collection(self) -> Any:
+        """The sessions collection (pymongo or Motor), e.g. for admin tooling."""
+        return self._collection
+
+    @property
+    def database(self) -> Any:
+        """The database holding the sessions, so an app can keep its other collections beside them."""
+        return self._collection.database
+
+    async def setup(self) -> None:
+        """Create the indexes and choose the expiry mode now rather than on first use.
+
+        Raises StoreError when the server cannot be reached (a later call retries).
+        """
+        await self._ensure_ready()
+
+    # -- Store interface -----------------------------------------------------
+
+    @_translate_errors
+    async def load(self, key: str) -> Record | None:
+        # Fetch by _id alone and check expiry here: an _id-only query is the fastest
+        # path on MongoDB (and the only one FerretDB's SQLite backend pushes down),
+        # and an expired document is never returned either way.
+        await self._ensure_ready()
+        doc = await self._collection.find_one({"_id": key})
+        if doc is None:
+            return None
+        record = self._record(doc)
+        if record.expires <= self._clock():
+            return None
+        return record
+
+    @_translate_errors
+    async def create(self, key: str, record: Record) -> None:
+        await self._ensure_ready()
+        doc: dict[str, Any] = {
+            "_id": key,
+            "data": {escape_key(k): v for k, v in record.data.items()},
+            "expires": _to_datetime(record.expires),
+            "created": _to_datetime(record.created),
+            "updated": _to_datetime(record.updated),
+            "user_id": record.user_id,
+        }
+        if record.meta:
+            doc["meta"] = {escape_key(k): v for k, v in record.meta.items()}
+        try:
+            await self._collection.insert_one(doc)
+        except DuplicateKeyError:
+            # Only an expired, not yet pruned document may be replaced; a live
+            # session under the same key is never overwritten (the upsert then
+            # fails with a duplicate key again, which becomes StoreError).
+            now = _to_datetime(self._clock())
+            await self._collection.replace_one(
+                {"_id": key, "expires": {"$lte": now}}, doc, upsert=True
+            )
+
+    @_translate_errors
+    async def update(
+        self,
+        key: str,
+        *,
+        set_items: Mapping[str, str],
+        unset_keys: Iterable[str],
+        expires: float,
+        updated: float,
+        user_id: str | None,
+    ) -> bool:
+        """One conditional ``update_one``; a key both set and unset ends up set."""
+        await self._ensure_ready()
+        changes: dict[str, Any] = {f"data.{escape_key(k)}": v for k, v in set_items.items()}
+        changes["expires"] = _to_datetime(expires)
+        changes["updated"] = _to_datetime(updated)
+        changes["user_id"] = user_id
+        spec: dict[str, Any] = {"$set": changes}
+        removed = {f"data.{escape_key(k)}": "" for k in unset_keys if k not in set_items}
+        if removed:
+            spec["$unset"] = removed
+        result = await self._collection.update_one(
+            {"_id": key, "expires": {"$gt": _to_datetime(self._clock())}}, spec
+        )
+        return result.matched_count == 1
+
+    @_translate_errors
+    async def touch(self, key: str, *, expires: float, updated: float) -> bool:
+        await self._ensure_ready()
+        result = await self._collection.update_one(
+            {"_id": key, "expires": {"$gt": _to_datetime(self._clock())}},
+            {"$set": {"expires": _to_datetime(expires), "updated": _to_datetime(updated)}},
+        )
+        return result.matched_count == 1
+
+    @_translate_errors
+    async def destroy(self, key: str) -> None:
+        await self._ensure_ready()
+        await self._collection.delete_one({"_id": key})
+
+    @_translate_errors
+    async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
+        """Delete through the ``user_id`` index; expired, unpruned sessions go too."""
+        await self._ensure_ready()
+        query: dict[str, Any] = {"user_id": user_id}
+        if keep is not None:
+            query["_id"] = {"$ne": keep}
+        result = await self._collection.delete_many(query)
+        return result.deleted_count
+
+    @_translate_errors
+    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+        await self._ensure_ready()
+        now = self._clock()
+        cursor = self._collection.find({"user_id": user_id, "expires": {"$gt": _to_datetime(now)}})
+        docs = await cursor.to_list(None)
+        # A user has a handful of sessions: sorting here needs no extra index.
+        items = [(doc["_id"], self._record(doc)) for doc in docs]
+        items = [(k, r) for k, r in items if r.expires > now]
+        items.sort(key=lambda item: (item[1].created, item[1].updated, item[0]), reverse=True)
+        return items
+
+    @_translate_errors
+    async def prune(self) -> int:
+        await self._ensure_ready()
+        result = await self._collection.delete_many(
+            {"expires": {"$lte": _to_datetime(self._clock())}}
+        )
+        return result.deleted_count
+
+    @_translate_errors
+    async def ping(self) -> None:
+        await self._collection.database.command("ping")
+
+    async def close(self) -> None:
+        """Stop the prune task and close the client if this store built it."""
+        self._closed = True
+        task, self._prune_task = self._prune_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        client, self._owned_client = self._owned_client, None
+        if client is not None:
+            await client.close()
+
+    # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _record(doc: Mapping[str, Any]) -> Record:
+        return Record(
+            data={unescape_key(k): v for k, v in (doc.get("data") or {}).items()},
+            created=_to_timestamp(doc["created"]),
+            updated=_to_timestamp(doc["updated"]),
+            expires=_to_timestamp(doc["expires"]),
+            user_id=doc.get("user_id"),
+            meta={unescape_key(k): v for k, v in (doc.get("meta") or {}).items()},
+        )
+
+    async def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        if self._closed:
+            raise StoreError("mongodb store is closed")
+        async with self._setup_lock:
+            if not self._ready:
+                await self._create_indexes()
+                self._ready = True
+        if self.expiry_mode_in_force == "interval" and self._prune_task is None:
+            self._prune_task = asyncio.get_running_loop().create_task(
+                self._prune_forever(), name=f"mongo-session-prune:{self._collection.full_name}"
+            )
+
+    async def _create_indexes(self) -> None:
+        """Create the user_id and expires indexes and settle the expiry mode.
+
+        ``create_index`` is idempotent for an identical spec, so several processes
+        starting at once all succeed.
+        """
+        coll = self._collection
+        await coll.create_index("user_id")
+        mode = self.expiry_mode
+        if mode in ("auto", "native"):
+            try:
+                await coll.create_index("expires", expireAfterSeconds=0)
+            except OperationFailure as exc:
+                # The server answered but refused: no TTL support (FerretDB v1 says
+                # NotImplemented), or an existing non-TTL index on expires.
+                if mode == "native":
+                    raise StoreError(
+                        f"expiry_mode='native' but the server refused a TTL index on "
+                        f"{coll.full_name}.expires: {exc}; use expiry_mode='interval' or 'auto'"
+                    ) from exc
+                log.warning(
+                    "MongoDB refused a TTL index on %s.expires (%s); "
+                    "expired sessions are pruned every %g s instead",
+                    coll.full_name,
+                    exc,
+                    self.prune_interval,
+                )
+                mode = "interval"
+            else:
+                mode = "native"
+        if mode == "interval":
+            try:
+                await coll.create_index("expires")
+            except OperationFailure as exc:
+                if exc.code not in _INDEX_CONFLICT_CODES:
+                    raise
+                # An index on expires already exists (a TTL one, say): prune uses it.
+        self.expiry_mode_in_force = mode
+        log.info(
+            "MongoDB session store on %s: expiry mode %s%s",
+            coll.full_name,
+            mode,
+            f" (prune every {self.prune_interval:g} s)" if mode == "interval" else " (TTL index)",
+        )
+
+    async def _prune_forever(self) -> None:
+        """Delete expired sessions every ``prune_interval`` seconds until close()."""
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            try:
+                deleted = await self.prune()
+            except StoreError as exc:
+                log.warning("pruning expired sessions failed (will retry): %s", exc)
+            except Exception:  # keep pruning whatever happens; the next run may succeed
+                log.exception("pruning expired sessions failed unexpectedly")
+            else:
+                if deleted:
+                    log.debug("pruned %d expired sessions", deleted)
