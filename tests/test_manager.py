@@ -1,0 +1,441 @@
+"""Session semantics through real HTTP requests: the manager's load and commit rules.
+
+A tiny app exposes session operations; an instrumented memory store counts store
+calls, so "no store write" is proven, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from tornado.web import Application, RequestHandler
+
+from sessions import KeyRing, SessionManager, SessionMixin, SessionOptions, generate_key, hash_session_id
+from tests.helpers import CookieJar, CountingStore, FlakyStore, set_cookie_headers
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ops(SessionMixin, RequestHandler):
+    async def get(self, op: str) -> None:
+        if op == "noop":
+            self.write("no session here")
+            return
+        session = await self.get_session()
+        if op == "read":
+            self.write({"data": dict(session), "new": session.is_new, "user": session.user_id})
+        elif op == "flashes":
+            self.write({"flashes": session.pop_flashes()})
+        else:
+            self.send_error(404)
+
+    async def post(self, op: str) -> None:
+        session = await self.get_session()
+        body = json.loads(self.request.body or b"{}")
+        if op == "set":
+            session.update(body)
+        elif op == "delete":
+            for name in body["keys"]:
+                session.pop(name, None)
+        elif op == "append":
+            session[body["key"]].append(body["value"])
+        elif op == "login":
+            session.regenerate(keep_data=body.get("keep", True))
+            session.user_id = body["user"]
+        elif op == "logout":
+            session.destroy()
+        elif op == "flash":
+            session.flash(body["message"], body.get("category", "info"))
+        elif op == "redirect":
+            session["redirected"] = True
+            self.redirect("/op/read")
+            return
+        elif op == "crash":
+            session["lost"] = True
+            raise RuntimeError("handler bug")
+        self.write({"data": dict(session)})
+
+
+def build(store, clock=None, **options) -> Application:
+    keys = KeyRing.from_text(generate_key())
+    manager = SessionManager(store, keys, SessionOptions(**options), clock=clock or FakeClock())
+    return Application([(r"/op/(\w+)", Ops)], session_manager=manager)
+
+
+@pytest.fixture
+def store():
+    return CountingStore()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def options():
+    return {}
+
+
+@pytest.fixture
+def app(store, clock, options):
+    return build(store, clock, **options)
+
+
+@pytest.fixture
+def jar():
+    return CookieJar()
+
+
+@pytest.fixture
+def call(http_client, base_url, jar):
+    async def call(method: str, op: str, body: dict | None = None, *, follow=True, cookies=True):
+        response = await http_client.fetch(
+            f"{base_url}/op/{op}",
+            method=method,
+            body=json.dumps(body or {}) if method == "POST" else None,
+            headers=jar.header() if cookies else {},
+            raise_error=False,
+            follow_redirects=follow,
+        )
+        jar.update(response)
+        return response
+
+    return call
+
+
+def payload(response) -> dict:
+    return json.loads(response.body)
+
+
+# -- laziness and save-uninitialized --------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_handler_without_session_never_touches_store(call, store):
+    response = await call("GET", "noop")
+    assert response.code == 200
+    assert not store.calls
+    assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.gen_test
+async def test_no_cookie_means_no_store_access_and_no_cookie(call, store):
+    response = await call("GET", "read")
+    assert payload(response) == {"data": {}, "new": True, "user": None}
+    assert not store.calls
+    assert "Set-Cookie" not in response.headers
+    assert response.headers["Vary"] == "Cookie"
+
+
+@pytest.mark.gen_test
+async def test_save_uninitialized_on_stores_empty_session(call, store, app):
+    manager = app.settings["session_manager"]
+    object.__setattr__(manager.options, "save_uninitialized", True)
+    response = await call("GET", "read")
+    assert store.calls["create"] == 1
+    assert set_cookie_headers(response, "sid")
+
+
+@pytest.mark.gen_test
+async def test_first_write_creates_session_and_cookie(call, store, jar):
+    response = await call("POST", "set", {"a": 1})
+    assert store.calls["create"] == 1
+    [header] = set_cookie_headers(response, "sid")
+    assert "HttpOnly" in header and "SameSite=Lax" in header and "Path=/" in header
+    assert "sid" in jar.cookies
+    assert payload(await call("GET", "read"))["data"] == {"a": 1}
+
+
+@pytest.mark.gen_test
+async def test_read_only_request_writes_nothing_inside_touch_window(call, store):
+    await call("POST", "set", {"a": 1})
+    before = store.writes
+    response = await call("GET", "read")
+    assert payload(response)["data"] == {"a": 1}
+    assert store.writes == before
+    assert not set_cookie_headers(response, "sid")  # not rolling: no cookie re-sent
+
+
+@pytest.mark.gen_test
+async def test_touch_after_window_moves_expiry_once(call, store, clock):
+    await call("POST", "set", {"a": 1})
+    clock.now += 61
+    await call("GET", "read")
+    assert store.calls["touch"] == 1
+    await call("GET", "read")  # inside the new window
+    assert store.calls["touch"] == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("options", [{"resave": True}])
+async def test_resave_writes_unchanged_session(call, store, options):
+    await call("POST", "set", {"a": 1})
+    await call("GET", "read")
+    assert store.calls["update"] == 1
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("options", [{"rolling": True}])
+async def test_rolling_resends_cookie_on_every_response(call, options):
+    await call("POST", "set", {"a": 1})
+    response = await call("GET", "read")
+    assert set_cookie_headers(response, "sid")
+
+
+@pytest.mark.gen_test
+async def test_unchanged_write_is_not_a_write(call, store):
+    await call("POST", "set", {"a": 1})
+    await call("POST", "set", {"a": 1})
+    assert store.calls["update"] == 0
+
+
+@pytest.mark.gen_test
+async def test_in_place_mutation_and_deletion_are_saved(call):
+    await call("POST", "set", {"items": [1], "gone": "x"})
+    await call("POST", "append", {"key": "items", "value": 2})
+    await call("POST", "delete", {"keys": ["gone"]})
+    assert payload(await call("GET", "read"))["data"] == {"items": [1, 2]}
+
+
+@pytest.mark.gen_test
+async def test_removing_everything_destroys_the_session(call, store, jar):
+    await call("POST", "set", {"a": 1})
+    key = hash_session_id_from_store(store)
+    await call("POST", "delete", {"keys": ["a"]})
+    assert await store.load(key) is None
+    assert "sid" not in jar.cookies
+
+
+def hash_session_id_from_store(store: CountingStore) -> str:
+    [key] = list(store._records)
+    return key
+
+
+# -- post-then-redirect, failures ------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_write_completes_before_redirect(call):
+    response = await call("POST", "redirect", follow=False)
+    assert response.code == 302
+    assert payload(await call("GET", "read"))["data"] == {"redirected": True}
+
+
+@pytest.mark.gen_test
+async def test_handler_crash_does_not_commit(call, store):
+    await call("POST", "set", {"a": 1})
+    response = await call("POST", "crash")
+    assert response.code == 500
+    assert payload(await call("GET", "read"))["data"] == {"a": 1}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("store", [FlakyStore()])
+async def test_store_failure_is_a_clean_503_and_loses_nothing(call, store, caplog):
+    await call("POST", "set", {"a": 1})
+    store.down = True
+    with caplog.at_level(logging.ERROR, logger="sessions"):
+        on_load = await call("GET", "read")
+        on_save = await call("POST", "set", {"b": 2})
+    assert on_load.code == 503 and on_save.code == 503
+    assert b"Traceback" not in on_load.body
+    assert any("session store failed" in r.getMessage() for r in caplog.records)
+    store.down = False
+    assert payload(await call("GET", "read"))["data"] == {"a": 1}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("store", [FlakyStore()])
+async def test_store_failure_on_create_sets_no_cookie(call, store, jar):
+    store.down = True
+    response = await call("POST", "set", {"a": 1})
+    assert response.code == 503
+    assert not set_cookie_headers(response, "sid")
+    assert "sid" not in jar.cookies
+
+
+# -- identity: regenerate, destroy, fixation ------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_login_regenerates_id_and_deletes_old(call, store, jar):
+    await call("POST", "set", {"cart": [1]})
+    old_cookie = jar.cookies["sid"]
+    [old_key] = list(store._records)
+    await call("POST", "login", {"user": "alice"})
+    assert jar.cookies["sid"] != old_cookie
+    assert await store.load(old_key) is None
+    data = payload(await call("GET", "read"))
+    assert data == {"data": {"cart": [1]}, "new": False, "user": "alice"}
+
+
+@pytest.mark.gen_test
+async def test_regenerate_without_data(call):
+    await call("POST", "set", {"cart": [1]})
+    await call("POST", "login", {"user": "alice", "keep": False})
+    assert payload(await call("GET", "read"))["data"] == {}
+
+
+@pytest.mark.gen_test
+async def test_old_cookie_after_regenerate_is_a_fresh_session(call, jar):
+    await call("POST", "set", {"secret": 1})
+    old = dict(jar.cookies)
+    await call("POST", "login", {"user": "alice"})
+    jar.cookies = old
+    assert payload(await call("GET", "read")) == {"data": {}, "new": True, "user": None}
+
+
+@pytest.mark.gen_test
+async def test_logout_destroys_and_clears_cookie(call, store, jar):
+    await call("POST", "set", {"a": 1})
+    response = await call("POST", "logout")
+    [header] = set_cookie_headers(response, "sid")
+    assert jar.is_deletion(header)
+    assert not store._records
+    assert "sid" not in jar.cookies
+
+
+@pytest.mark.gen_test
+async def test_unknown_session_id_is_never_adopted(call, store, app, jar):
+    manager = app.settings["session_manager"]
+    forged_id = "attacker-chosen-id"
+    jar.cookies["sid"] = manager.keys.seal(forged_id.encode(), "sid")
+    await call("POST", "set", {"a": 1})
+    assert hash_session_id(forged_id) not in store._records
+    [key] = list(store._records)
+    assert key != hash_session_id(forged_id)
+    assert manager.keys.open(jar.cookies["sid"], "sid") != forged_id.encode()
+
+
+@pytest.mark.gen_test
+async def test_tampered_cookie_is_absent_and_logged(call, store, jar, caplog):
+    await call("POST", "set", {"a": 1})
+    value = jar.cookies["sid"]
+    jar.cookies["sid"] = value[:-2] + ("A" if value[-2] != "A" else "B") + value[-1]
+    with caplog.at_level(logging.WARNING, logger="sessions.security"):
+        response = await call("GET", "read")
+    assert response.code == 200
+    assert payload(response)["new"] is True
+    assert any("cookie_rejected" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize(
+    "garbage", ["", "x", "%%%", "A" * 5000, "AQ" * 60, "\u00e9t\u00e9", "' OR 1=1 --", '{"$gt": ""}']
+)
+async def test_garbage_cookies_never_500(http_client, base_url, garbage, store):
+    response = await http_client.fetch(
+        f"{base_url}/op/read", headers={"Cookie": f"sid={garbage}"}, raise_error=False
+    )
+    assert response.code in (200, 400)
+    assert not store.writes
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_idle_timeout_ends_session(call, clock, store):
+    await call("POST", "set", {"a": 1})
+    clock.now += 30 * 60 + 1
+    assert payload(await call("GET", "read"))["new"] is True
+    assert not store._records  # the expired record was deleted when found
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("options", [{"absolute_timeout": 3600, "idle_timeout": 1800}])
+async def test_absolute_timeout_ends_active_session(call, clock, options):
+    await call("POST", "set", {"a": 1})
+    for _ in range(2):  # active every 20 minutes: the idle timeout never hits
+        clock.now += 20 * 60
+        await call("POST", "set", {"a": clock.now})
+    assert payload(await call("GET", "read"))["new"] is False
+    clock.now += 21 * 60  # 61 minutes after creation, 21 after the last request
+    assert payload(await call("GET", "read"))["new"] is True
+
+
+# -- concurrency and flash -------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_concurrent_requests_changing_different_keys_both_persist(call, http_client, base_url, jar):
+    import asyncio
+
+    await call("POST", "set", {"base": 0})
+    headers = jar.header()
+
+    async def set_key(i: int):
+        return await http_client.fetch(
+            f"{base_url}/op/set", method="POST", body=json.dumps({f"k{i}": i}), headers=headers
+        )
+
+    await asyncio.gather(*(set_key(i) for i in range(10)))
+    data = payload(await call("GET", "read"))["data"]
+    assert data == {"base": 0, **{f"k{i}": i for i in range(10)}}
+
+
+@pytest.mark.gen_test
+async def test_request_racing_logout_does_not_resurrect_session(app, call, store, jar):
+    await call("POST", "set", {"a": 1})
+    [key] = list(store._records)
+    manager = app.settings["session_manager"]
+
+    class Handler:  # what a second, slower request holds: a loaded session
+        request = type("R", (), {"remote_ip": "127.0.0.1", "path": "/", "headers": {}})()
+
+        def get_cookie(self, name):
+            return jar.cookies.get(name)
+
+        def clear_cookie(self, *a, **k):
+            self.cleared = True
+
+        def set_cookie(self, *a, **k):
+            raise AssertionError("must not re-set the cookie of a destroyed session")
+
+    slow = Handler()
+    session = await manager.load(slow)
+    await call("POST", "logout")
+    session["b"] = 2
+    await manager.commit(slow, session)
+    assert await store.load(key) is None
+    assert not store._records
+
+
+@pytest.mark.gen_test
+async def test_flash_is_shown_exactly_once(call):
+    await call("POST", "set", {"keep": 1})
+    await call("POST", "flash", {"message": "Saved!", "category": "success"})
+    await call("POST", "flash", {"message": "Second"})
+    first = payload(await call("GET", "flashes"))["flashes"]
+    assert first == [["success", "Saved!"], ["info", "Second"]]
+    assert payload(await call("GET", "flashes"))["flashes"] == []
+    assert payload(await call("GET", "read"))["data"] == {"keep": 1}
+
+
+@pytest.mark.gen_test
+async def test_destroy_user_sessions_ends_every_session_of_user(app, call, http_client, base_url, store):
+    manager = app.settings["session_manager"]
+    jars = [CookieJar() for _ in range(3)]
+    for jar in jars:
+        for op, body in (("set", {"x": 1}), ("login", {"user": "alice"})):
+            response = await http_client.fetch(
+                f"{base_url}/op/{op}", method="POST", body=json.dumps(body), headers=jar.header()
+            )
+            jar.update(response)
+    await call("POST", "login", {"user": "bob"})
+    assert await manager.destroy_user_sessions("alice") == 3
+    for jar in jars:
+        response = await http_client.fetch(f"{base_url}/op/read", headers=jar.header())
+        assert payload(response)["new"] is True
+    assert payload(await call("GET", "read"))["user"] == "bob"

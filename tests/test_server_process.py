@@ -1,0 +1,131 @@
+"""server.py as a real process: persistence across restarts, production key checks."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args = [sys.executable, str(ROOT / "server.py"), "--port", str(self.port), "--data-dir", str(data_dir), *args]
+        self.env = {k: v for k, v in os.environ.items() if k not in ("SESSION_KEYS", "SESSION_STORE", "MONGODB_URL", "PRODUCTION")}
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return self
+            except OSError:
+                time.sleep(0.05)
+            if self.proc.poll() is not None:
+                break
+        output = self.proc.stdout.read().decode() if self.proc.poll() is not None else ""
+        self.stop()
+        raise AssertionError(f"server did not start: {output}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def request(self, method: str, path: str, headers: dict | None = None, body: str | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            conn.close()
+
+
+def cookies_from(headers) -> dict[str, str]:
+    found = {}
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            pair = value.split(";", 1)[0]
+            key, _, val = pair.partition("=")
+            found[key] = val
+    return found
+
+
+def test_sessions_survive_a_restart_on_sqlite(tmp_path):
+    server = Server(tmp_path).start()
+    try:
+        status, headers, _ = server.request("GET", "/api/counter")
+        cookies = cookies_from(headers)
+        cookie_header = lambda: "; ".join(f"{k}={v}" for k, v in cookies.items())  # noqa: E731
+        for _ in range(3):
+            status, headers, body = server.request(
+                "POST", "/api/counter", {"Cookie": cookie_header(), "X-XSRFToken": cookies["_xsrf"]}
+            )
+            assert status == 200
+            cookies.update(cookies_from(headers))
+        assert json.loads(body) == {"count": 3}
+    finally:
+        server.stop()
+    assert (tmp_path / "sessions.sqlite3").exists()
+    assert (tmp_path / "dev-keys").stat().st_mode & 0o077 == 0
+
+    restarted = Server(tmp_path).start()
+    try:
+        status, _, body = restarted.request("GET", "/api/counter", {"Cookie": cookie_header()})
+        assert status == 200 and json.loads(body) == {"count": 3}
+    finally:
+        restarted.stop()
+
+
+def test_production_refuses_to_start_without_keys(tmp_path):
+    server = Server(tmp_path, "--production")
+    proc = subprocess.run(server.args, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "SESSION_KEYS" in proc.stderr and "python -m sessions.keys" in proc.stderr
+    assert not (tmp_path / "dev-keys").exists()
+
+
+def test_production_starts_with_keys_and_oversized_body_is_413(tmp_path):
+    key = subprocess.run([sys.executable, "-m", "sessions.keys"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    server = Server(tmp_path, "--production", "--store", "memory://", env={"SESSION_KEYS": key}).start()
+    try:
+        status, headers, _ = server.request("GET", "/health")
+        assert status == 200
+        assert not any(name.lower() == "server" for name, _ in headers)
+        # Tornado refuses a body over max_body_size from its headers alone: a 4xx, not a read.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"PUT /api/preferences HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+            reply = sock.recv(200)
+        assert reply.startswith(b"HTTP/1.1 4"), reply
+    finally:
+        server.stop()
+
+
+def test_bad_store_url_is_a_clear_error(tmp_path):
+    server = Server(tmp_path, "--store", "ftp://nowhere")
+    proc = subprocess.run(server.args, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "unknown store URL" in proc.stderr
