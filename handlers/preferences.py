@@ -43,20 +43,26 @@ def validate(update: Any) -> dict[str, str]:
 
 
 class PreferencesMixin(BaseHandler):
-    def get_preferences(self) -> dict[str, str]:
-        stored = self.get_sealed_cookie(COOKIE_NAME, COOKIE_OPTIONS)
-        prefs = dict(DEFAULTS)
-        if isinstance(stored, dict):
-            try:
-                prefs.update(validate(stored))
-            except HTTPError:
-                log.warning("ignoring invalid stored preferences")
-        return prefs
+    _preferences: dict[str, str] | None = None
 
-    def save_preferences(self, update: dict[str, str]) -> dict[str, str]:
+    def get_preferences(self) -> dict[str, str]:
+        """Defaults overlaid with the cookie's values (opened once per request)."""
+        if self._preferences is None:
+            stored = self.get_sealed_cookie(COOKIE_NAME, COOKIE_OPTIONS)
+            prefs = dict(DEFAULTS)
+            if isinstance(stored, dict):
+                try:
+                    prefs.update(validate(stored))
+                except HTTPError:
+                    log.warning("ignoring invalid stored preferences")
+            self._preferences = prefs
+        return dict(self._preferences)
+
+    def save_preferences(self, update: Any) -> dict[str, str]:
         prefs = {**self.get_preferences(), **validate(update)}
         self.set_sealed_cookie(COOKIE_NAME, prefs, COOKIE_OPTIONS)
-        return prefs
+        self._preferences = prefs
+        return dict(prefs)
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
