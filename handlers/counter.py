@@ -8,7 +8,7 @@ from .base import BaseHandler
 class CounterAPI(BaseHandler):
     async def get(self) -> None:
         if not self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf")):
-            self.xsrf_token  # sets the _xsrf cookie that POST/PUT calls echo back
+            _ = self.xsrf_token  # sets the _xsrf cookie that POST/PUT calls echo back
         session = await self.get_session()
         self.write({"count": session.get("count", 0)})
 

@@ -47,8 +47,9 @@ class CookieOptions:
             raise ValueError("SameSite=None requires Secure (browsers reject it otherwise)")
         if self.host_prefix and (self.domain is not None or self.path != "/"):
             raise ValueError("__Host- cookies must have Path=/ and no Domain")
-        if self.max_age is not None and self.max_age < 0:
-            raise ValueError("max_age must be >= 0")
+        # Tornado drops a Max-Age of 0 (it would become a browser-session cookie).
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError("max_age must be > 0 seconds (None: a browser-session cookie)")
 
     @property
     def effective_secure(self) -> bool:

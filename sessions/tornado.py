@@ -24,7 +24,7 @@ from typing import Any
 
 from tornado.web import HTTPError, RequestHandler
 
-from .cookies import get_sealed_json, set_sealed_json, CookieOptions
+from .cookies import CookieOptions, get_sealed_json, set_sealed_json
 from .manager import SessionManager
 from .session import Session
 from .stores.base import StoreError

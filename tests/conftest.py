@@ -1,6 +1,5 @@
-import logging
-
 import importlib.util
+import logging
 
 pytest_plugins = ["tests.mongo_fixture"] if importlib.util.find_spec("tests.mongo_fixture") else []
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tornado.httpclient import HTTPResponse
 
-from sessions.stores.base import Store, StoreError
+from sessions.stores.base import StoreError
 from sessions.stores.memory import MemoryStore
 
 

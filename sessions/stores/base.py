@@ -106,6 +106,8 @@ class Store(abc.ABC):
 
     async def ping(self) -> None:
         """Raise StoreError when the backend cannot serve requests (for /ready)."""
+        return None
 
     async def close(self) -> None:
         """Release connections, threads and timers."""
+        return None
