@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import secrets
 import struct
 import time
@@ -34,6 +35,9 @@ _HEADER = struct.Struct(">B4s12s")  # version, key id, nonce
 _EXPIRY = struct.Struct(">Q")
 _AAD_PREFIX = b"tornado-sessions/v1\x00"
 KEY_BYTES = 32
+#: base64url (standard base64's "+/" also accepted), optional padding, nothing else:
+#: the decoder silently skips other characters, so a garbled key must fail here.
+_KEY_TEXT = re.compile(r"[A-Za-z0-9_\-+/]+={0,2}")
 #: Longest sealed text we try to open: a cookie can't be larger than the browser limit.
 MAX_SEALED_LENGTH = 4096
 
@@ -58,8 +62,11 @@ def _b64decode(text: str | bytes) -> bytes:
 
 
 def _parse_key(text: str) -> bytes:
+    text = text.strip()
+    if not _KEY_TEXT.fullmatch(text):
+        raise KeyError_("a session key must be base64url text")
     try:
-        raw = _b64decode(text.strip())
+        raw = _b64decode(text)
     except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
         raise KeyError_("a session key must be base64url text") from exc
     if len(raw) != KEY_BYTES:
