@@ -147,6 +147,27 @@ class SessionManager:
         )
 
     # -- commit ------------------------------------------------------------------
+    def commit_needed(self, handler: RequestHandler, session: Session) -> bool:
+        """False when :meth:`commit` would neither write nor set a cookie.
+
+        Read-only requests (the common case) then finish without scheduling anything.
+        """
+        options = self.options
+        if session.destroyed or session.regenerating or options.resave or options.rolling:
+            return True
+        if session.is_new:
+            return (
+                not session.is_empty
+                or options.save_uninitialized
+                or handler.get_cookie(self.cookie_full_name) is not None  # stale: clear it
+            )
+        if session.is_empty or session.user_changed:
+            return True
+        if self.clock() - session.last_access >= options.touch_after:
+            return True
+        set_items, unset_keys = session.changes()
+        return bool(set_items or unset_keys)
+
     async def commit(self, handler: RequestHandler, session: Session) -> None:
         """Write what the handler changed, then set or clear the cookie. Before the response."""
         now = self.clock()

@@ -77,7 +77,12 @@ class SessionMixin(RequestHandler):
             if chunk is not None:
                 self.write(chunk)
             return self._session_commit  # Tornado's own finish() call while we commit
-        if self._session is None or self._status_code >= 500 or self._finished:
+        if (
+            self._session is None
+            or self._status_code >= 500
+            or self._finished
+            or not self.session_manager.commit_needed(self, self._session)
+        ):
             return super().finish(chunk)
         if chunk is not None:
             self.write(chunk)

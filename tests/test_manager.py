@@ -439,3 +439,27 @@ async def test_destroy_user_sessions_ends_every_session_of_user(app, call, http_
         response = await http_client.fetch(f"{base_url}/op/read", headers=jar.header())
         assert payload(response)["new"] is True
     assert payload(await call("GET", "read"))["user"] == "bob"
+
+
+@pytest.mark.gen_test
+async def test_commit_needed_only_when_there_is_work(app, call, jar, clock):
+    await call("POST", "set", {"a": [1]})
+    manager = app.settings["session_manager"]
+
+    class Handler:
+        request = type("R", (), {"remote_ip": "127.0.0.1", "path": "/", "headers": {}})()
+
+        def get_cookie(self, name):
+            return jar.cookies.get(name)
+
+    handler = Handler()
+    session = await manager.load(handler)
+    assert manager.commit_needed(handler, session) is False
+    _ = session["a"]  # a read of a mutable value alone is not a change
+    assert manager.commit_needed(handler, session) is False
+    session["a"].append(2)
+    assert manager.commit_needed(handler, session) is True
+
+    fresh = await manager.load(handler)
+    clock.now += manager.options.touch_after
+    assert manager.commit_needed(handler, fresh) is True  # touch is due
