@@ -26,7 +26,7 @@ Why this shape:
   seconds truncated to the millisecond.
 
 Only the method subset shared by ``pymongo.AsyncMongoClient`` and Motor is used
-(``find_one``, ``insert_one``, ``replace_one``, ``update_one``, ``delete_one``,
+(``find_one``, ``replace_one``, ``update_one``, ``delete_one``,
 ``delete_many``, ``find().to_list``, ``create_index``, ``command``), so the store
 accepts a client, database or collection of either driver.
 """
@@ -38,7 +38,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import parse_qsl
 
@@ -47,11 +47,11 @@ from bson.errors import BSONError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
-from .base import Record, Store, StoreError
+from .base import KEEP, Record, Store, StoreError
 
-__all__ = ["MongoStore", "ExpiryMode", "DEFAULT_DATABASE", "DEFAULT_COLLECTION"]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "ExpiryMode", "MongoStore", "escape_key", "unescape_key"]
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ DEFAULT_COLLECTION = "sessions"
 #: within about two seconds instead of the driver's 30 s default.
 DEFAULT_TIMEOUT = 2.0
 
-_UTC = timezone.utc
-#: Decode dates as aware UTC datetimes whatever the caller's client was built with.
-_CODEC = CodecOptions(tz_aware=True, tzinfo=_UTC)
+_EPOCH = datetime(1970, 1, 1)
+#: Plain dicts and naive UTC dates, whatever codec the caller's client has: the
+#: store turns dates into float seconds at once, and naive decoding is the fastest.
+_CODEC = CodecOptions()
 #: Everything the driver raises: network and server errors, and documents it
 #: cannot encode (too large, invalid strings).
 _DRIVER_ERRORS = (PyMongoError, BSONError)
@@ -87,12 +88,7 @@ def escape_key(key: str) -> str:
     if not key:
         return "%"
     if "%" in key or "." in key or "$" in key or "\x00" in key:
-        return (
-            key.replace("%", "%25")
-            .replace(".", "%2E")
-            .replace("$", "%24")
-            .replace("\x00", "%00")
-        )
+        return key.replace("%", "%25").replace(".", "%2E").replace("$", "%24").replace("\x00", "%00")
     return key
 
 
@@ -102,21 +98,16 @@ def unescape_key(field: str) -> str:
         return field
     if field == "%":
         return ""
-    return (
-        field.replace("%2E", ".")
-        .replace("%24", "$")
-        .replace("%00", "\x00")
-        .replace("%25", "%")
-    )
+    return field.replace("%2E", ".").replace("%24", "$").replace("%00", "\x00").replace("%25", "%")
 
 
 def _to_datetime(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, _UTC)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def _to_timestamp(value: datetime) -> float:
-    if value.tzinfo is None:  # a server or codec that drops tzinfo still means UTC
-        value = value.replace(tzinfo=_UTC)
+    if value.tzinfo is None:  # BSON dates are UTC; the codec decodes them naive
+        return (value - _EPOCH).total_seconds()
     return value.timestamp()
 
 
@@ -215,7 +206,7 @@ class MongoStore(Store):
 
         if isinstance(target, str):
             options = _url_option_names(target)
-            kwargs: dict[str, Any] = {"tz_aware": True, "appname": "tornado-sessions"}
+            kwargs: dict[str, Any] = {"appname": "tornado-sessions"}
             for name, value in (
                 ("serverSelectionTimeoutMS", server_selection_timeout),
                 ("connectTimeoutMS", connect_timeout),
@@ -259,6 +250,7 @@ class MongoStore(Store):
         """The database holding the sessions, so an app can keep its other collections beside them."""
         return self._collection.database
 
+    @_translate_errors
     async def setup(self) -> None:
         """Create the indexes and choose the expiry mode now rather than on first use.
 
@@ -295,16 +287,9 @@ class MongoStore(Store):
         }
         if record.meta:
             doc["meta"] = {escape_key(k): v for k, v in record.meta.items()}
-        try:
-            await self._collection.insert_one(doc)
-        except DuplicateKeyError:
-            # Only an expired, not yet pruned document may be replaced; a live
-            # session under the same key is never overwritten (the upsert then
-            # fails with a duplicate key again, which becomes StoreError).
-            now = _to_datetime(self._clock())
-            await self._collection.replace_one(
-                {"_id": key, "expires": {"$lte": now}}, doc, upsert=True
-            )
+        # Replace whatever is stored under this key (a regenerated session reusing a
+        # key must not keep stale fields); one round trip either way.
+        await self._collection.replace_one({"_id": key}, doc, upsert=True)
 
     @_translate_errors
     async def update(
@@ -315,16 +300,21 @@ class MongoStore(Store):
         unset_keys: Iterable[str],
         expires: float,
         updated: float,
-        user_id: str | None,
+        user_id: str | None = KEEP,
     ) -> bool:
-        """One conditional ``update_one``; a key both set and unset ends up set."""
+        """One conditional ``update_one``; a key both set and unset ends up unset, as in the other stores."""
         await self._ensure_ready()
-        changes: dict[str, Any] = {f"data.{escape_key(k)}": v for k, v in set_items.items()}
+        removed = {f"data.{escape_key(k)}": "" for k in unset_keys}
+        changes: dict[str, Any] = {
+            field: v
+            for field, v in ((f"data.{escape_key(k)}", v) for k, v in set_items.items())
+            if field not in removed
+        }
         changes["expires"] = _to_datetime(expires)
         changes["updated"] = _to_datetime(updated)
-        changes["user_id"] = user_id
+        if user_id is not KEEP:
+            changes["user_id"] = user_id
         spec: dict[str, Any] = {"$set": changes}
-        removed = {f"data.{escape_key(k)}": "" for k in unset_keys if k not in set_items}
         if removed:
             spec["$unset"] = removed
         result = await self._collection.update_one(
@@ -350,10 +340,7 @@ class MongoStore(Store):
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         """Delete through the ``user_id`` index; expired, unpruned sessions go too."""
         await self._ensure_ready()
-        query: dict[str, Any] = {"user_id": user_id}
-        if keep is not None:
-            query["_id"] = {"$ne": keep}
-        result = await self._collection.delete_many(query)
+        result = await self._collection.delete_many(self._user_query(user_id, keep=keep))
         return result.deleted_count
 
     @_translate_errors
@@ -371,9 +358,7 @@ class MongoStore(Store):
     @_translate_errors
     async def prune(self) -> int:
         await self._ensure_ready()
-        result = await self._collection.delete_many(
-            {"expires": {"$lte": _to_datetime(self._clock())}}
-        )
+        result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self._clock())}})
         return result.deleted_count
 
     @_translate_errors
@@ -383,6 +368,7 @@ class MongoStore(Store):
     async def close(self) -> None:
         """Stop the prune task and close the client if this store built it."""
         self._closed = True
+        self._ready = False
         task, self._prune_task = self._prune_task, None
         if task is not None:
             task.cancel()
@@ -395,6 +381,14 @@ class MongoStore(Store):
             await client.close()
 
     # -- internals -----------------------------------------------------------
+
+    @staticmethod
+    def _user_query(user_id: str, *, keep: str | None = None) -> dict[str, Any]:
+        """The filter of destroy_user (the user_id index serves it); tests explain it."""
+        query: dict[str, Any] = {"user_id": user_id}
+        if keep is not None:
+            query["_id"] = {"$ne": keep}
+        return query
 
     @staticmethod
     def _record(doc: Mapping[str, Any]) -> Record:
@@ -430,6 +424,7 @@ class MongoStore(Store):
         coll = self._collection
         await coll.create_index("user_id")
         mode = self.expiry_mode
+        refused = ""
         if mode in ("auto", "native"):
             try:
                 await coll.create_index("expires", expireAfterSeconds=0)
@@ -441,14 +436,8 @@ class MongoStore(Store):
                         f"expiry_mode='native' but the server refused a TTL index on "
                         f"{coll.full_name}.expires: {exc}; use expiry_mode='interval' or 'auto'"
                     ) from exc
-                log.warning(
-                    "MongoDB refused a TTL index on %s.expires (%s); "
-                    "expired sessions are pruned every %g s instead",
-                    coll.full_name,
-                    exc,
-                    self.prune_interval,
-                )
                 mode = "interval"
+                refused = f"; the server refused a TTL index: {(exc.details or {}).get('errmsg', exc)}"
             else:
                 mode = "native"
         if mode == "interval":
@@ -459,12 +448,8 @@ class MongoStore(Store):
                     raise
                 # An index on expires already exists (a TTL one, say): prune uses it.
         self.expiry_mode_in_force = mode
-        log.info(
-            "MongoDB session store on %s: expiry mode %s%s",
-            coll.full_name,
-            mode,
-            f" (prune every {self.prune_interval:g} s)" if mode == "interval" else " (TTL index)",
-        )
+        detail = "TTL index" if mode == "native" else f"pruned every {self.prune_interval:g} s{refused}"
+        log.info("MongoDB session store on %s: expiry mode %s (%s)", coll.full_name, mode, detail)
 
     async def _prune_forever(self) -> None:
         """Delete expired sessions every ``prune_interval`` seconds until close()."""
