@@ -35,6 +35,7 @@ from sessions import (
     SessionManager,
     SessionOptions,
     Store,
+    StoreError,
     load_key_ring,
     open_store,
 )
@@ -158,6 +159,13 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
 
 
 async def serve(args: argparse.Namespace, config: DemoConfig) -> None:
+    try:
+        await config.store.setup()
+    except StoreError as exc:  # serve anyway: requests answer 503 until the store is back
+        log.error("session store %s is not available yet: %s", config.store.name, exc)
+    mode = getattr(config.store, "expiry_mode_in_force", None)
+    if mode:
+        log.info("mongodb expiry mode in force: %s", mode)
     app = make_app(config)
     server = tornado.httpserver.HTTPServer(
         app, xheaders=config.session_options.trust_proxy, max_body_size=MAX_BODY_BYTES

@@ -10,7 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,8 +76,18 @@ def cookies_from(headers) -> dict[str, str]:
     return found
 
 
-def test_sessions_survive_a_restart_on_sqlite(tmp_path):
-    server = Server(tmp_path).start()
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_args(request, tmp_path):
+    if request.param == "sqlite":
+        return []
+    url = request.getfixturevalue("mongo_url")
+    base, _, query = url.partition("?")
+    database = f"server_{uuid.uuid4().hex[:12]}"
+    return ["--store", f"{base.rstrip('/')}/{database}" + (f"?{query}" if query else "")]
+
+
+def test_sessions_survive_a_restart(tmp_path, store_args):
+    server = Server(tmp_path, *store_args).start()
     try:
         status, headers, _ = server.request("GET", "/api/counter")
         cookies = cookies_from(headers)
@@ -88,10 +101,10 @@ def test_sessions_survive_a_restart_on_sqlite(tmp_path):
         assert json.loads(body) == {"count": 3}
     finally:
         server.stop()
-    assert (tmp_path / "sessions.sqlite3").exists()
+    assert (tmp_path / "sessions.sqlite3").exists() == (not store_args)
     assert (tmp_path / "dev-keys").stat().st_mode & 0o077 == 0
 
-    restarted = Server(tmp_path).start()
+    restarted = Server(tmp_path, *store_args).start()
     try:
         status, _, body = restarted.request("GET", "/api/counter", {"Cookie": cookie_header()})
         assert status == 200 and json.loads(body) == {"count": 3}

@@ -104,6 +104,10 @@ class Store(abc.ABC):
     async def prune(self) -> int:
         """Delete expired sessions now; returns how many."""
 
+    async def setup(self) -> None:
+        """Prepare the backend (schema, indexes) at startup instead of on first use."""
+        return None
+
     async def ping(self) -> None:
         """Raise StoreError when the backend cannot serve requests (for /ready)."""
         return None

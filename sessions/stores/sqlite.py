@@ -197,6 +197,9 @@ class SQLiteStore(Store):
 
         return await self._run(prune)
 
+    async def setup(self) -> None:
+        await self._run(lambda conn: None)  # opens the file and creates the schema
+
     async def ping(self) -> None:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
