@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from .cookies import CookieOptions, get_sealed_json, set_sealed_json
@@ -106,4 +107,7 @@ class SessionMixin(RequestHandler):
             return
         self._session_committed = True
         if not self._finished:
-            await super().finish()
+            try:
+                await super().finish()
+            except StreamClosedError:  # the client went away; nothing left to tell it
+                log.debug("client closed the connection before the response was sent")
