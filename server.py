@@ -75,15 +75,15 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
     manager = SessionManager(config.store, config.keys, config.session_options)
     cookie = config.session_options.cookie
     xsrf_kwargs: dict[str, Any] = {"samesite": "Lax", "path": "/", "secure": cookie.effective_secure}
-    routes = [
+    routes = [  # Tornado tries these in order: the hottest paths first
+        (r"/api/counter", CounterAPI),
+        (r"/api/preferences", PreferencesAPI),
+        (r"/health", HealthHandler),
         (r"/", HomeHandler),
         (r"/counter", CounterForm),
         (r"/flash", FlashForm),
         (r"/preferences/theme", ThemeForm),
-        (r"/health", HealthHandler),
         (r"/ready", ReadyHandler),
-        (r"/api/counter", CounterAPI),
-        (r"/api/preferences", PreferencesAPI),
     ]
     app_settings: dict[str, Any] = dict(
         session_manager=manager,

@@ -40,6 +40,8 @@ KEY_BYTES = 32
 _KEY_TEXT = re.compile(r"[A-Za-z0-9_\-+/]+={0,2}")
 #: Longest sealed text we try to open: a cookie can't be larger than the browser limit.
 MAX_SEALED_LENGTH = 4096
+#: Opened values a key ring remembers (a few hundred bytes each).
+OPEN_CACHE_SIZE = 4096
 
 
 class KeyError_(ValueError):
@@ -91,6 +93,11 @@ class KeyRing:
                 self._order.append(kid)
         self._primary_id = self._order[0]
         self._primary = self._ciphers[self._primary_id]
+        #: (sealed, name) -> (payload, expiry) of values that opened: a browser sends the
+        #: same session cookie with every request, and decrypting it is the costliest
+        #: step of a session read. Only values that opened are kept, so junk cannot
+        #: fill it; the expiry is still checked on every hit.
+        self._opened: dict[tuple[str | bytes, str], tuple[bytes, int]] = {}
 
     @classmethod
     def from_text(cls, text: str) -> KeyRing:
@@ -117,6 +124,11 @@ class KeyRing:
         """The payload, or None if the value is not one we sealed for ``name`` or expired."""
         if not sealed or len(sealed) > MAX_SEALED_LENGTH:
             return None
+        cache_key = (sealed, name)
+        hit = self._opened.get(cache_key)
+        if hit is not None:
+            payload, expiry = hit
+            return None if expiry and expiry <= time.time() else payload
         if isinstance(sealed, str):
             try:
                 sealed = sealed.encode("ascii")
@@ -143,7 +155,11 @@ class KeyRing:
         (expiry,) = _EXPIRY.unpack_from(plain)
         if expiry and expiry <= time.time():
             return None
-        return plain[_EXPIRY.size :]
+        payload = plain[_EXPIRY.size :]
+        if len(self._opened) >= OPEN_CACHE_SIZE:
+            del self._opened[next(iter(self._opened))]  # oldest first
+        self._opened[cache_key] = (payload, expiry)
+        return payload
 
 
 def load_key_ring(

@@ -219,7 +219,7 @@ class SessionManager:
                 clear_cookie(handler, self.options.cookie_name, self.options.cookie)
                 return
             session.expires, session.last_access = expires, now
-            session.mark_saved(session.id, session.key)
+            session.mark_saved(session.id, session.key, session.applied(set_items, unset_keys))
         elif now - session.last_access >= self.options.touch_after:
             expires = now + self.options.idle_timeout
             if await self.store.touch(session.key, expires=expires, updated=now):

@@ -20,9 +20,14 @@ FLASH_KEY = "_flash"
 _IMMUTABLE = (str, int, float, bool, type(None))
 
 
+#: One encoder for every call: json.dumps() with options builds a new one each time,
+#: which costs more than encoding a small value.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON for a session value; rejects what JSON can't hold (never pickle)."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 class Session(MutableMapping[str, Any]):
@@ -180,6 +185,13 @@ class Session(MutableMapping[str, Any]):
             elif name in self._stored:
                 unset.append(name)
         return set_items, unset
+
+    def applied(self, set_items: dict[str, str], unset_keys: list[str]) -> dict[str, str]:
+        """What the store holds after an update with these changes (no re-encoding)."""
+        items = {**self._stored, **set_items}
+        for name in unset_keys:
+            items.pop(name, None)
+        return items
 
     def mark_saved(self, session_id: str, key: str, items: dict[str, str] | None = None) -> None:
         """After a commit: what is stored now is what we hold."""

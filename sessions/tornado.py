@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any
 
+from tornado.httputil import parse_cookie
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
@@ -39,6 +40,20 @@ class SessionMixin(RequestHandler):
     _session: Session | None = None
     _session_commit: asyncio.Future[None] | None = None
     _session_committed: bool = False
+    _cookie_values: dict[str, str] | None = None
+
+    def get_cookie(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        """Tornado's ``get_cookie`` without the per-request ``SimpleCookie``.
+
+        Tornado builds an ``http.cookies.Morsel`` for every request cookie on first
+        access, which costs about as much as opening the sealed session cookie; the
+        values are those of ``tornado.httputil.parse_cookie`` either way.
+        """
+        jar = self._cookie_values
+        if jar is None:
+            header = self.request.headers.get("Cookie")
+            jar = self._cookie_values = parse_cookie(header) if header else {}
+        return jar.get(name, default)
 
     @property
     def session_manager(self) -> SessionManager:
