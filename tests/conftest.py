@@ -1,6 +1,6 @@
-import importlib.util
 import logging
 
-pytest_plugins = ["tests.mongo_fixture"] if importlib.util.find_spec("tests.mongo_fixture") else []
+# FerretDB/MongoDB fixtures: mongo_url, mongo_db_name, mongo_server_factory.
+pytest_plugins = ["tests.mongo_fixture"]
 
 logging.getLogger("sessions").setLevel(logging.DEBUG)
