@@ -77,7 +77,7 @@ class PreferencesAPI(PreferencesMixin):
     def put(self) -> None:
         try:
             update = json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise HTTPError(400, "body must be JSON") from exc
         self.write(self.save_preferences(update))
 

@@ -206,6 +206,7 @@ async def test_preferences_round_trip_in_encrypted_cookie(client, demo_store):
         '{"language": "' + "x" * 100 + '"}',
         '{"timezone": "Mars/Olympus"}',
         "\xff\xfe",
+        "[" * 50000,
     ],
 )
 async def test_bad_preferences_are_400_json_and_change_nothing(client, payload, caplog):
