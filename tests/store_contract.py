@@ -1,8 +1,11 @@
 """The store contract: one suite, run unchanged over every backend.
 
 Subclass :class:`StoreContract` and provide a ``store`` fixture that yields a fresh,
-empty store (see tests/test_store_contract.py). Times are real: a record "expired"
-here has its deadline in the past, so no store can rely on a patched clock.
+empty store built with ``clock=clock`` (the ``clock`` fixture, a
+:class:`tests.support.FakeClock` starting at real time; see
+tests/test_store_contract.py). Expiry is tested by moving that clock, never by
+sleeping; records "expired" at creation have their deadline in the real past too, so
+a backend's own expiry (TTL, PEXPIREAT) agrees with the store's checks.
 """
 
 from __future__ import annotations
@@ -11,25 +14,47 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from sessions.stores.base import KEEP, Record, Store
+from tests.support import FakeClock
 
 
 def new_key() -> str:
     return hashlib.sha256(secrets.token_bytes(32)).hexdigest()
 
 
-def record(data: dict[str, str] | None = None, *, user_id: str | None = None, ttl: float = 600) -> Record:
-    now = time.time()
+#: What record() and the tests read as "now": the current test's clock inside the
+#: contract suite, the wall clock for other modules that build records.
+_CLOCK: Callable[[], float] = time.time
+
+
+def record(
+    data: dict[str, str] | None = None,
+    *,
+    user_id: str | None = None,
+    ttl: float = 600,
+    meta: dict[str, str] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Record:
+    now = (clock or _CLOCK)()
     return Record(
-        data=dict(data or {}), created=now, updated=now, expires=now + ttl, user_id=user_id
+        data=dict(data or {}), created=now, updated=now, expires=now + ttl, user_id=user_id, meta=dict(meta or {})
     )
 
 
 class StoreContract:
     """Behaviour every Store must have. Tests are async, run on Tornado's loop."""
+
+    @pytest.fixture(autouse=True)
+    def _shared_clock(self, clock: FakeClock) -> Iterator[None]:
+        # record() and the store read one clock; each test gets a fresh one.
+        global _CLOCK
+        _CLOCK = clock
+        yield
+        _CLOCK = time.time
 
     @pytest.mark.gen_test
     async def test_load_missing_returns_none(self, store: Store) -> None:
@@ -65,9 +90,9 @@ class StoreContract:
     async def test_update_applies_only_named_keys(self, store: Store) -> None:
         key = new_key()
         await store.create(key, record({"a": "1", "b": "2", "c": "3"}))
-        later = time.time() + 900
+        later = _CLOCK() + 900
         ok = await store.update(
-            key, set_items={"a": "10", "d": "4"}, unset_keys=["c"], expires=later, updated=time.time()
+            key, set_items={"a": "10", "d": "4"}, unset_keys=["c"], expires=later, updated=_CLOCK()
         )
         assert ok is True
         loaded = await store.load(key)
@@ -81,7 +106,7 @@ class StoreContract:
         await store.create(expired, record({"a": "1"}, ttl=-1))
         for key in (gone, expired):
             ok = await store.update(
-                key, set_items={"x": "1"}, unset_keys=[], expires=time.time() + 600, updated=time.time()
+                key, set_items={"x": "1"}, unset_keys=[], expires=_CLOCK() + 600, updated=_CLOCK()
             )
             assert ok is False
             assert await store.load(key) is None
@@ -93,7 +118,7 @@ class StoreContract:
 
         async def write(i: int) -> bool:
             return await store.update(
-                key, set_items={f"k{i}": str(i)}, unset_keys=[], expires=time.time() + 600, updated=time.time()
+                key, set_items={f"k{i}": str(i)}, unset_keys=[], expires=_CLOCK() + 600, updated=_CLOCK()
             )
 
         results = await asyncio.gather(*(write(i) for i in range(20)))
@@ -106,18 +131,18 @@ class StoreContract:
     async def test_user_id_kept_unless_given(self, store: Store) -> None:
         key = new_key()
         await store.create(key, record({"a": "1"}, user_id="alice"))
-        await store.update(key, set_items={"b": "2"}, unset_keys=[], expires=time.time() + 60, updated=time.time(), user_id=KEEP)
+        await store.update(key, set_items={"b": "2"}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK(), user_id=KEEP)
         assert (await store.load(key)).user_id == "alice"
-        await store.update(key, set_items={}, unset_keys=[], expires=time.time() + 60, updated=time.time(), user_id="bob")
+        await store.update(key, set_items={}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK(), user_id="bob")
         assert (await store.load(key)).user_id == "bob"
-        await store.update(key, set_items={}, unset_keys=[], expires=time.time() + 60, updated=time.time(), user_id=None)
+        await store.update(key, set_items={}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK(), user_id=None)
         assert (await store.load(key)).user_id is None
 
     @pytest.mark.gen_test
     async def test_touch_moves_expiry_only(self, store: Store) -> None:
         key = new_key()
         await store.create(key, record({"a": "1"}, ttl=60))
-        later, now = time.time() + 3600, time.time()
+        later, now = _CLOCK() + 3600, _CLOCK()
         assert await store.touch(key, expires=later, updated=now) is True
         loaded = await store.load(key)
         assert loaded is not None and loaded.data == {"a": "1"}
@@ -171,10 +196,158 @@ class StoreContract:
         live, dead = new_key(), new_key()
         await store.create(live, record({"a": "1"}))
         await store.create(dead, record({"a": "1"}, ttl=-5))
-        assert await store.prune() >= 1
+        assert await store.prune() >= 1 or store.expires_natively  # Redis expires keys itself and never scans
         assert await store.load(live) is not None
-        assert await store.touch(dead, expires=time.time() + 60, updated=time.time()) is False
+        assert await store.touch(dead, expires=_CLOCK() + 60, updated=_CLOCK()) is False
 
     @pytest.mark.gen_test
     async def test_ping(self, store: Store) -> None:
         await store.ping()
+
+    # -- the injectable clock ----------------------------------------------------
+
+    @pytest.mark.gen_test
+    async def test_store_uses_its_clock_for_expiry(self, store: Store, clock: FakeClock) -> None:
+        assert store.clock is clock
+        key = new_key()
+        await store.create(key, record({"a": "1"}, user_id="carol", ttl=60))
+        clock.advance(59)
+        assert await store.load(key) is not None
+        clock.advance(2)  # past the deadline by the store's clock, not the wall clock
+        assert await store.load(key) is None
+        assert await store.update(key, set_items={"b": "2"}, unset_keys=[], expires=clock() + 60, updated=clock()) is False
+        assert await store.touch(key, expires=clock() + 60, updated=clock()) is False
+        assert await store.take(key, ["a"]) is None
+        assert await store.list_user("carol") == []
+        assert await store.prune() >= 1 or store.expires_natively  # Redis expires keys itself and never scans
+
+    # -- meta --------------------------------------------------------------------
+
+    @pytest.mark.gen_test
+    async def test_meta_round_trips_and_is_replaced_only_when_given(self, store: Store) -> None:
+        key = new_key()
+        meta = {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (X11) \"quoted\" $where.a", "login": "1700000000"}
+        await store.create(key, record({"a": "1"}, user_id="dave", meta=meta))
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.meta == meta
+        await store.update(key, set_items={"b": "2"}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK())
+        assert (await store.load(key)).meta == meta  # KEEP by default
+        await store.update(key, set_items={}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK(), meta={"ip": "198.51.100.1"})
+        assert (await store.load(key)).meta == {"ip": "198.51.100.1"}
+        [(listed_key, listed)] = await store.list_user("dave")
+        assert listed_key == key and listed.meta == {"ip": "198.51.100.1"}
+        await store.update(key, set_items={}, unset_keys=[], expires=_CLOCK() + 60, updated=_CLOCK(), meta={})
+        assert (await store.load(key)).meta == {}
+
+    @pytest.mark.gen_test
+    async def test_record_without_meta_loads_empty_meta(self, store: Store) -> None:
+        key = new_key()
+        await store.create(key, record({"a": "1"}))
+        assert (await store.load(key)).meta == {}
+
+    # -- take --------------------------------------------------------------------
+
+    @pytest.mark.gen_test
+    async def test_take_removes_and_returns_only_present_items(self, store: Store) -> None:
+        key = new_key()
+        await store.create(key, record({"a": "1", "b": '"two"', "$c.d": "[3]", "keep": "4"}))
+        taken = await store.take(key, ["a", "b", "$c.d", "missing"])
+        assert taken == {"a": "1", "b": '"two"', "$c.d": "[3]"}
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.data == {"keep": "4"}
+        assert await store.take(key, ["a"]) == {}
+        assert await store.take(key, []) == {}
+
+    @pytest.mark.gen_test
+    async def test_take_of_missing_or_expired_session_is_none(self, store: Store) -> None:
+        expired = new_key()
+        await store.create(expired, record({"a": "1"}, ttl=-1))
+        assert await store.take(new_key(), ["a"]) is None
+        assert await store.take(expired, ["a"]) is None
+
+    @pytest.mark.gen_test
+    async def test_take_moves_no_deadline(self, store: Store) -> None:
+        key = new_key()
+        original = record({"a": "1", "b": "2"}, ttl=300)
+        await store.create(key, original)
+        await store.take(key, ["a"])
+        loaded = await store.load(key)
+        assert loaded is not None
+        assert loaded.expires == pytest.approx(original.expires, abs=0.002)
+        assert loaded.updated == pytest.approx(original.updated, abs=0.002)
+
+    @pytest.mark.gen_test
+    async def test_concurrent_takes_hand_each_item_to_exactly_one(self, store: Store) -> None:
+        key = new_key()
+        items = {f"_flash:{i:04d}": f'["info","m{i}"]' for i in range(10)}
+        await store.create(key, record({**items, "other": "1"}))
+        results = await asyncio.gather(*(store.take(key, list(items)) for _ in range(8)))
+        handed_out = [name for result in results for name in (result or {})]
+        assert sorted(handed_out) == sorted(items)  # every item once, none twice
+        merged = {k: v for result in results for k, v in (result or {}).items()}
+        assert merged == items
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.data == {"other": "1"}
+
+    @pytest.mark.gen_test
+    async def test_take_concurrent_with_updates_of_other_keys(self, store: Store) -> None:
+        key = new_key()
+        await store.create(key, record({"_flash:1": "1"}))
+
+        async def write(i: int) -> bool:
+            return await store.update(key, set_items={f"k{i}": str(i)}, unset_keys=[], expires=_CLOCK() + 600, updated=_CLOCK())
+
+        outcome = await asyncio.gather(store.take(key, ["_flash:1"]), *(write(i) for i in range(10)))
+        assert outcome[0] == {"_flash:1": "1"}
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.data == {f"k{i}": str(i) for i in range(10)}
+
+    # -- capabilities ------------------------------------------------------------
+
+    def test_declares_its_expiry_capability(self, store: Store) -> None:
+        assert isinstance(store.expires_natively, bool)
+        assert store.name in store.describe()
+
+    # -- counters (rate limiting) ------------------------------------------------
+
+    @pytest.mark.gen_test
+    async def test_hits_count_per_name_and_window(self, store: Store, clock: FakeClock) -> None:
+        clock.now = 1_800_000_000.0 + 5  # 5 s into a 60 s window
+        assert await store.hit("login:ip:203.0.113.1", 60) == (1, 1_800_000_060.0)
+        assert await store.hit("login:ip:203.0.113.1", 60) == (2, 1_800_000_060.0)
+        assert (await store.hit("login:ip:203.0.113.2", 60))[0] == 1  # another name
+        assert (await store.hit("login:ip:203.0.113.1", 3600))[0] == 1  # another window length
+        clock.advance(55)  # the next window
+        assert await store.hit("login:ip:203.0.113.1", 60) == (1, 1_800_000_120.0)
+
+    @pytest.mark.gen_test
+    async def test_reset_hits_forgets_only_that_name(self, store: Store, clock: FakeClock) -> None:
+        for _ in range(3):
+            await store.hit("acct:a", 300)
+            await store.hit("acct:b", 300)
+        await store.reset_hits("acct:a", 300)
+        await store.reset_hits("acct:never", 300)  # no error
+        assert (await store.hit("acct:a", 300))[0] == 1
+        assert (await store.hit("acct:b", 300))[0] == 4
+
+    @pytest.mark.gen_test
+    async def test_concurrent_hits_are_all_counted(self, store: Store) -> None:
+        results = await asyncio.gather(*(store.hit("burst", 600) for _ in range(40)))
+        assert sorted(count for count, _ in results) == list(range(1, 41))
+
+    @pytest.mark.gen_test
+    async def test_counter_names_are_opaque(self, store: Store) -> None:
+        odd = ['x"; DROP TABLE counters;--', "$where", "a.b|c", "ünï", "{'$gt': ''}"]
+        for name in odd:
+            assert (await store.hit(name, 60))[0] == 1
+        for name in odd:
+            assert (await store.hit(name, 60))[0] == 2
+
+    @pytest.mark.gen_test
+    async def test_counters_are_not_sessions(self, store: Store) -> None:
+        key = new_key()
+        await store.create(key, record({"a": "1"}, user_id="erin"))
+        await store.hit("erin", 60)
+        assert [k for k, _ in await store.list_user("erin")] == [key]
+        assert await store.destroy_user("erin") == 1
+        assert (await store.hit("erin", 60))[0] == 2

@@ -11,13 +11,13 @@ from tests.store_contract import StoreContract
 
 class TestMemoryStore(StoreContract):
     @pytest.fixture
-    def store(self):
-        return MemoryStore()
+    def store(self, clock):
+        return MemoryStore(clock=clock)
 
 
 class TestSQLiteStore(StoreContract):
     @pytest.fixture
-    def store(self, tmp_path, io_loop):
-        store = SQLiteStore(tmp_path / "sessions.db")
+    def store(self, tmp_path, io_loop, clock):
+        store = SQLiteStore(tmp_path / "sessions.db", clock=clock)
         yield store
         io_loop.run_sync(store.close)

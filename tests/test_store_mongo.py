@@ -22,25 +22,25 @@ from pymongo.errors import OperationFailure
 from sessions.manager import hash_session_id
 from sessions.stores.base import Record, StoreError
 from sessions.stores.mongo import MongoStore, escape_key, unescape_key
-from tests.mongo_fixture import free_port
 from tests.store_contract import StoreContract, new_key, record
+from tests.support import FakeClock, free_port
 
 # -- the contract, over both drivers ---------------------------------------------
 
 
 class TestMongoStorePyMongo(StoreContract):
     @pytest.fixture
-    def store(self, mongo_url: str, mongo_db_name: str, io_loop: Any):
-        store = MongoStore(mongo_url, database=mongo_db_name)
+    def store(self, mongo_url: str, mongo_db_name: str, io_loop: Any, clock: Any):
+        store = MongoStore(mongo_url, database=mongo_db_name, clock=clock)
         yield store
         io_loop.run_sync(store.close)
 
 
 class TestMongoStoreMotor(StoreContract):
     @pytest.fixture
-    def store(self, mongo_url: str, mongo_db_name: str, io_loop: Any):
+    def store(self, mongo_url: str, mongo_db_name: str, io_loop: Any, clock: Any):
         client = AsyncIOMotorClient(mongo_url, serverSelectionTimeoutMS=2000)
-        store = MongoStore(client, database=mongo_db_name)
+        store = MongoStore(client, database=mongo_db_name, clock=clock)
         yield store
         io_loop.run_sync(store.close)
         client.close()
@@ -226,19 +226,18 @@ async def test_document_shape_and_raw_id_never_stored(
 async def test_reads_ignore_expired_documents_before_any_pruning(
     mongo_url: str, mongo_db_name: str, sync_db: Any
 ) -> None:
-    store = MongoStore(mongo_url, database=mongo_db_name, expiry_mode="interval", prune_interval=3600)
+    clock = FakeClock()
+    store = MongoStore(mongo_url, database=mongo_db_name, expiry_mode="interval", prune_interval=3600, clock=clock)
     try:
         key = new_key()
-        await store.create(key, record({"a": "1"}, user_id="alice", ttl=0.4))
+        await store.create(key, record({"a": "1"}, user_id="alice", ttl=0.4, clock=clock))
         assert await store.load(key) is not None
-        await asyncio.sleep(0.6)
+        clock.advance(0.6)
         assert await store.load(key) is None
         assert await store.list_user("alice") == []
-        assert await store.touch(key, expires=time.time() + 60, updated=time.time()) is False
+        assert await store.touch(key, expires=clock() + 60, updated=clock()) is False
         assert (
-            await store.update(
-                key, set_items={"b": "2"}, unset_keys=[], expires=time.time() + 60, updated=time.time()
-            )
+            await store.update(key, set_items={"b": "2"}, unset_keys=[], expires=clock() + 60, updated=clock())
             is False
         )
         # Still in the collection: the filter, not a deletion, hid it.

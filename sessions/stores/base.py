@@ -8,25 +8,45 @@ once in :mod:`sessions.manager`.
 
 Values are stored per key so that a save applies only the keys a request changed:
 two concurrent requests that change different keys of one session both persist.
+
+Every store takes an injectable ``clock`` (Unix seconds, ``time.time`` by default):
+"now" in every expiry check comes from it, so tests move time instead of sleeping,
+and a manager built on the store uses the same clock.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 
 class _Keep:
-    """Marker: leave the stored user_id as it is."""
+    """Marker: leave the stored value (user_id, meta) as it is."""
 
     def __repr__(self) -> str:
         return "KEEP"
 
 
-#: Pass as ``user_id`` to :meth:`Store.update` to leave the stored value alone.
-KEEP: Any = _Keep()
+#: Pass as ``user_id`` or ``meta`` to :meth:`Store.update` to leave the stored value alone.
+KEEP: Final[Any] = _Keep()
+
+Clock = Callable[[], float]
+
+
+def window_bounds(now: float, window: float) -> tuple[str, float]:
+    """The fixed counter window holding ``now``: (its slot name, when it ends).
+
+    The slot names the window's length and start, so windows of different lengths
+    that start together count apart.
+    """
+    if window <= 0:
+        raise ValueError("a counter window must be positive")
+    start = math.floor(now / window) * window
+    return f"{window!r}@{start!r}", start + window
 
 
 class StoreError(Exception):
@@ -39,7 +59,9 @@ class Record:
 
     ``data`` maps each session key to the JSON text of its value. Times are Unix
     seconds (float). ``updated`` is the last write or touch, ``expires`` the idle
-    deadline the manager computed.
+    deadline the manager computed. ``meta`` is small text about the session itself
+    (login time, client address, user agent) for pages such as "active sessions";
+    it is not session data and handlers do not see it as such.
     """
 
     data: dict[str, str]
@@ -56,13 +78,32 @@ class Store(abc.ABC):
     #: Short backend name for logs and /ready.
     name: str = "store"
 
+    def __init__(self, *, clock: Clock = time.time) -> None:
+        self.clock: Clock = clock
+
+    # -- capabilities ----------------------------------------------------------
+    @property
+    def expires_natively(self) -> bool:
+        """True when expired records go away without anyone calling :meth:`prune`.
+
+        A TTL index, a key expiry or the store's own background task all count. The
+        server runs a prune timer only for stores where this is False.
+        """
+        return False
+
+    def describe(self) -> str:
+        """One line for the startup log: the backend and how records expire."""
+        how = "expires natively" if self.expires_natively else "pruned by the app"
+        return f"{self.name} ({how})"
+
+    # -- records ---------------------------------------------------------------
     @abc.abstractmethod
     async def load(self, key: str) -> Record | None:
         """Return the record, or None when absent or already expired (``expires <= now``)."""
 
     @abc.abstractmethod
     async def create(self, key: str, record: Record) -> None:
-        """Insert a new session (used for new and regenerated sessions)."""
+        """Insert a new session, replacing whatever the key held (new and regenerated sessions)."""
 
     @abc.abstractmethod
     async def update(
@@ -74,14 +115,25 @@ class Store(abc.ABC):
         expires: float,
         updated: float,
         user_id: str | None = KEEP,
+        meta: Mapping[str, str] = KEEP,
     ) -> bool:
         """Apply only the given changes to an existing, unexpired session, atomically.
 
-        ``user_id`` is written only when given (not :data:`KEEP`), so a request that did
-        not change it cannot put back a stale value another request replaced.
-        Keys not named stay as they are in the store, whatever this request loaded.
-        Returns False (and writes nothing) when the session no longer exists, so a
-        request racing a logout cannot bring the session back.
+        ``user_id`` and ``meta`` are written only when given (not :data:`KEEP`), so a
+        request that did not change them cannot put back a stale value another request
+        replaced; a given ``meta`` replaces the stored one whole. Keys not named stay as
+        they are in the store, whatever this request loaded. A key both set and unset
+        ends up unset. Returns False (and writes nothing) when the session no longer
+        exists, so a request racing a logout cannot bring the session back.
+        """
+
+    @abc.abstractmethod
+    async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
+        """Remove the named items and return the ones that were there, atomically.
+
+        Of two concurrent calls naming the same item, exactly one gets it: this is what
+        makes flash messages show once under parallel requests. Moves no deadline.
+        Returns None when the session is gone or expired.
         """
 
     @abc.abstractmethod
@@ -94,7 +146,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
-        """Delete every session of a user (except ``keep``); returns how many."""
+        """Delete every session of a user (except ``keep``) through a user index; returns how many."""
 
     @abc.abstractmethod
     async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
@@ -104,6 +156,23 @@ class Store(abc.ABC):
     async def prune(self) -> int:
         """Delete expired sessions now; returns how many."""
 
+    # -- counters (rate limiting) ----------------------------------------------
+    async def hit(self, name: str, window: float) -> tuple[int, float]:
+        """Count one hit on ``name`` in the current fixed window, atomically across processes.
+
+        Windows are ``window`` seconds long and aligned to the clock (they start at
+        multiples of ``window``), so every process agrees on them. Returns the hits in
+        this window including this one, and when the window ends. Old windows expire
+        like sessions do. This is what a login rate limiter shared by every process
+        needs, and nothing more.
+        """
+        raise NotImplementedError(f"the {self.name} store has no counters")
+
+    async def reset_hits(self, name: str, window: float) -> None:
+        """Forget the hits on ``name`` in the current window (e.g. after a successful login)."""
+        raise NotImplementedError(f"the {self.name} store has no counters")
+
+    # -- lifecycle -------------------------------------------------------------
     async def setup(self) -> None:
         """Prepare the backend (schema, indexes) at startup instead of on first use."""
         return None

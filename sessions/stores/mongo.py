@@ -22,12 +22,17 @@ Why this shape:
   servers (FerretDB v1, some cloud "Mongo APIs") have no TTL indexes at all, so
   every read and conditional write also checks ``expires`` itself, and the
   ``interval`` expiry mode prunes from a background task.
+* Rate-limit counters (:meth:`MongoStore.hit`) are documents of the same
+  collection, ``{_id: "hits|<window slot>|<name>", hits, expires}``: the TTL index
+  or prune task that expires sessions expires them too, with no index of their own.
+  Their ``_id`` cannot collide with a session's (a 64-digit hex hash).
 * BSON dates have millisecond precision: times read back are the stored float
   seconds truncated to the millisecond.
 
 Only the method subset shared by ``pymongo.AsyncMongoClient`` and Motor is used
-(``find_one``, ``replace_one``, ``update_one``, ``delete_one``,
-``delete_many``, ``find().to_list``, ``create_index``, ``command``), so the store
+(``find_one``, ``replace_one``, ``update_one``, ``find_one_and_update``,
+``delete_one``, ``delete_many``, ``find().to_list``, ``create_index``,
+``command``), so the store
 accepts a client, database or collection of either driver.
 """
 
@@ -37,19 +42,19 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, ParamSpec, TypeVar
 from urllib.parse import parse_qsl
 
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
-from .base import KEEP, Record, Store, StoreError
+from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
 
 __all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "ExpiryMode", "MongoStore", "escape_key", "unescape_key"]
 
@@ -66,7 +71,7 @@ DEFAULT_TIMEOUT = 2.0
 _EPOCH = datetime(1970, 1, 1)
 #: Plain dicts and naive UTC dates, whatever codec the caller's client has: the
 #: store turns dates into float seconds at once, and naive decoding is the fastest.
-_CODEC = CodecOptions()
+_CODEC: CodecOptions[dict[str, Any]] = CodecOptions()
 #: Everything the driver raises: network and server errors, and documents it
 #: cannot encode (too large, invalid strings).
 _DRIVER_ERRORS = (PyMongoError, BSONError)
@@ -112,8 +117,8 @@ def _to_timestamp(value: datetime) -> float:
 
 
 def _translate_errors(
-    method: Callable[_P, Awaitable[_T]],
-) -> Callable[_P, Awaitable[_T]]:
+    method: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """Turn every driver error into StoreError, so callers answer 503 uniformly."""
     op = method.__name__
 
@@ -191,8 +196,9 @@ class MongoStore(Store):
         connect_timeout: float | None = None,
         socket_timeout: float | None = None,
         client_options: Mapping[str, Any] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
+        super().__init__(clock=clock)
         if expiry_mode not in ("auto", "native", "interval"):
             raise ValueError(f"expiry_mode must be auto, native or interval, not {expiry_mode!r}")
         if prune_interval <= 0:
@@ -201,8 +207,7 @@ class MongoStore(Store):
         #: "native" or "interval" once :meth:`setup` has run; None before.
         self.expiry_mode_in_force: Literal["native", "interval"] | None = None
         self.prune_interval = float(prune_interval)
-        self._clock = clock
-        self._owned_client: AsyncMongoClient | None = None
+        self._owned_client: AsyncMongoClient[dict[str, Any]] | None = None
 
         if isinstance(target, str):
             options = _url_option_names(target)
@@ -238,7 +243,46 @@ class MongoStore(Store):
         self._setup_lock = asyncio.Lock()
         self._prune_task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        database: str | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        expiry_mode: ExpiryMode = "auto",
+        prune_interval: float = 60.0,
+        server_selection_timeout: float | None = None,
+        connect_timeout: float | None = None,
+        socket_timeout: float | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        clock: Clock = time.time,
+    ) -> MongoStore:
+        """The store for a ``mongodb://`` or ``mongodb+srv://`` URL (what ``open_store`` calls)."""
+        return cls(
+            url,
+            database=database,
+            collection=collection,
+            expiry_mode=expiry_mode,
+            prune_interval=prune_interval,
+            server_selection_timeout=server_selection_timeout,
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            client_options=client_options,
+            clock=clock,
+        )
+
     # -- public extras -------------------------------------------------------
+
+    @property
+    def expires_natively(self) -> bool:
+        """Always: a TTL index, or this store's own prune task in interval mode."""
+        return True
+
+    def describe(self) -> str:
+        mode = self.expiry_mode_in_force or f"{self.expiry_mode}, not set up yet"
+        detail = {"native": "TTL index", "interval": f"pruned every {self.prune_interval:g} s by the store"}
+        return f"{self.name} {self._collection.full_name} (expiry: {detail.get(mode, mode)})"
 
     @property
     def collection(self) -> Any:
@@ -270,7 +314,7 @@ class MongoStore(Store):
         if doc is None:
             return None
         record = self._record(doc)
-        if record.expires <= self._clock():
+        if record.expires <= self.clock():
             return None
         return record
 
@@ -301,6 +345,7 @@ class MongoStore(Store):
         expires: float,
         updated: float,
         user_id: str | None = KEEP,
+        meta: Mapping[str, str] = KEEP,
     ) -> bool:
         """One conditional ``update_one``; a key both set and unset ends up unset, as in the other stores."""
         await self._ensure_ready()
@@ -315,18 +360,46 @@ class MongoStore(Store):
         if user_id is not KEEP:
             changes["user_id"] = user_id
         spec: dict[str, Any] = {"$set": changes}
+        if meta is not KEEP:
+            if meta:
+                changes["meta"] = {escape_key(k): v for k, v in meta.items()}
+            else:
+                removed["meta"] = ""
         if removed:
             spec["$unset"] = removed
         result = await self._collection.update_one(
-            {"_id": key, "expires": {"$gt": _to_datetime(self._clock())}}, spec
+            {"_id": key, "expires": {"$gt": _to_datetime(self.clock())}}, spec
         )
         return result.matched_count == 1
+
+    @_translate_errors
+    async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
+        """One ``find_one_and_update``: the server unsets the fields and hands back their old values.
+
+        A single-document write is atomic on MongoDB, so of two concurrent takes of one
+        field only the first sees it.
+        """
+        await self._ensure_ready()
+        wanted = {escape_key(name) for name in names}
+        fields = {f"data.{field}": "" for field in wanted}
+        if not fields:
+            return {} if await self.load(key) is not None else None
+        before = await self._collection.find_one_and_update(
+            {"_id": key, "expires": {"$gt": _to_datetime(self.clock())}},
+            {"$unset": fields},
+            # No projection: FerretDB v1 does not implement one on findAndModify, and a
+            # session document is small.
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is None:
+            return None
+        return {unescape_key(k): v for k, v in (before.get("data") or {}).items() if k in wanted}
 
     @_translate_errors
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
         await self._ensure_ready()
         result = await self._collection.update_one(
-            {"_id": key, "expires": {"$gt": _to_datetime(self._clock())}},
+            {"_id": key, "expires": {"$gt": _to_datetime(self.clock())}},
             {"$set": {"expires": _to_datetime(expires), "updated": _to_datetime(updated)}},
         )
         return result.matched_count == 1
@@ -346,7 +419,7 @@ class MongoStore(Store):
     @_translate_errors
     async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
         await self._ensure_ready()
-        now = self._clock()
+        now = self.clock()
         cursor = self._collection.find({"user_id": user_id, "expires": {"$gt": _to_datetime(now)}})
         docs = await cursor.to_list(None)
         # A user has a handful of sessions: sorting here needs no extra index.
@@ -356,9 +429,29 @@ class MongoStore(Store):
         return items
 
     @_translate_errors
+    async def hit(self, name: str, window: float) -> tuple[int, float]:
+        """One upserting ``find_one_and_update`` with ``$inc``: atomic on the server."""
+        await self._ensure_ready()
+        slot, end = window_bounds(self.clock(), window)
+        doc = await self._collection.find_one_and_update(
+            {"_id": f"hits|{slot}|{name}"},
+            {"$inc": {"hits": 1}, "$setOnInsert": {"expires": _to_datetime(end)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # an upsert that returns the document after always has one
+        return int(doc["hits"]), end
+
+    @_translate_errors
+    async def reset_hits(self, name: str, window: float) -> None:
+        await self._ensure_ready()
+        slot, _ = window_bounds(self.clock(), window)
+        await self._collection.delete_one({"_id": f"hits|{slot}|{name}"})
+
+    @_translate_errors
     async def prune(self) -> int:
         await self._ensure_ready()
-        result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self._clock())}})
+        result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self.clock())}})
         return result.deleted_count
 
     @_translate_errors
@@ -423,7 +516,7 @@ class MongoStore(Store):
         """
         coll = self._collection
         await coll.create_index("user_id")
-        mode = self.expiry_mode
+        mode: ExpiryMode = self.expiry_mode
         refused = ""
         if mode in ("auto", "native"):
             try:
@@ -447,7 +540,7 @@ class MongoStore(Store):
                 if exc.code not in _INDEX_CONFLICT_CODES:
                     raise
                 # An index on expires already exists (a TTL one, say): prune uses it.
-        self.expiry_mode_in_force = mode
+        self.expiry_mode_in_force = "native" if mode == "native" else "interval"
         detail = "TTL index" if mode == "native" else f"pruned every {self.prune_interval:g} s{refused}"
         log.info("MongoDB session store on %s: expiry mode %s (%s)", coll.full_name, mode, detail)
 

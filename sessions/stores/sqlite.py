@@ -1,7 +1,9 @@
 """SQLite store: the embedded default, persistent across restarts, no server to run.
 
 sqlite3 blocks, so every call runs on one dedicated worker thread that owns the
-connection; the event loop only awaits. Each value lives in its own row
+connection; the event loop only awaits. The database file (and its WAL and
+shared-memory files, which SQLite creates with the same mode) is private to the
+owner: 0600, in a directory created 0700. Each value lives in its own row
 (``session_items``), so a save that changes one key rewrites only that row and two
 requests changing different keys never overwrite each other. WAL mode lets other
 processes read while one writes.
@@ -11,21 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from .base import KEEP, Record, Store, StoreError
+from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
 
 T = TypeVar("T")
+#: A finished call: its future, and its result or the exception it raised.
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 #: One statement, one row: the record and its items as a JSON object of JSON texts.
 _LOAD = (
-    "SELECT created, updated, expires, user_id,"
+    "SELECT created, updated, expires, user_id, meta,"
     " (SELECT json_group_object(name, value) FROM session_items WHERE key = s.key)"
     " FROM sessions AS s WHERE key = ? AND expires > ?"
 )
@@ -36,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     user_id TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    meta    TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);
@@ -46,6 +52,14 @@ CREATE TABLE IF NOT EXISTS session_items (
     value TEXT NOT NULL,
     PRIMARY KEY (key, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name    TEXT NOT NULL,
+    slot    TEXT NOT NULL,
+    hits    INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (name, slot)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS counters_expires ON counters (expires);
 """
 
 
@@ -61,13 +75,13 @@ class _Worker:
     _STOP = object()
 
     def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._queue.put((fn, future, loop))
         return future
 
@@ -79,13 +93,14 @@ class _Worker:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            done: dict[asyncio.AbstractEventLoop, list] = {}
+            done: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
             stop = False
             for item in batch:
                 if item is self._STOP:
                     stop = True
                     continue
                 fn, future, loop = item
+                outcome: _Outcome
                 try:
                     outcome = (future, fn(), None)
                 except BaseException as exc:  # handed to the awaiting coroutine
@@ -104,7 +119,7 @@ class _Worker:
         self._thread.join()
 
 
-def _deliver(outcomes: list) -> None:
+def _deliver(outcomes: list[_Outcome]) -> None:
     for future, result, exc in outcomes:
         if future.cancelled():
             continue
@@ -114,33 +129,45 @@ def _deliver(outcomes: list) -> None:
             future.set_exception(exc)
 
 
+def _meta_text(meta: Mapping[str, str]) -> str | None:
+    return json.dumps(dict(meta), separators=(",", ":")) if meta else None
+
+
+def _meta(text: str | None) -> dict[str, str]:
+    return json.loads(text) if text else {}
+
+
 class SQLiteStore(Store):
     name = "sqlite"
 
-    def __init__(self, path: str | Path, *, timeout: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, timeout: float = 5.0, clock: Clock = time.time) -> None:
+        super().__init__(clock=clock)
         self.path = str(path)
         self._timeout = timeout
         self._worker = _Worker("sqlite-store")
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
+    def from_url(cls, url: str, *, timeout: float = 5.0, clock: Clock = time.time) -> SQLiteStore:
         """SQLAlchemy's convention: ``sqlite:///relative.db``, ``sqlite:////absolute.db``."""
         scheme, _, rest = url.partition("://")
         if scheme != "sqlite" or not rest.startswith("/") or len(rest) < 2:
             raise ValueError(f"not a sqlite URL: {url!r} (use sqlite:///path/to/file.db)")
-        return cls(rest[1:])
+        return cls(rest[1:], timeout=timeout, clock=clock)
 
     # -- plumbing ------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(self.path))
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+            if "meta" not in columns:  # a database from before sessions had metadata
+                conn.execute("ALTER TABLE sessions ADD COLUMN meta TEXT")
             self._conn = conn
         return self._conn
 
@@ -161,11 +188,13 @@ class SQLiteStore(Store):
 
     # -- Store -----------------------------------------------------------------
     async def load(self, key: str) -> Record | None:
+        now = self.clock()
+
         def load(conn: sqlite3.Connection) -> Record | None:
-            row = conn.execute(_LOAD, (key, time.time())).fetchone()
+            row = conn.execute(_LOAD, (key, now)).fetchone()
             if row is None:
                 return None
-            return Record(data=json.loads(row[4]), created=row[0], updated=row[1], expires=row[2], user_id=row[3])
+            return Record(json.loads(row[5]), row[0], row[1], row[2], row[3], _meta(row[4]))
 
         return await self._run(load)
 
@@ -175,8 +204,8 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("DELETE FROM sessions WHERE key = ?", (key,))
                 conn.execute(
-                    "INSERT INTO sessions (key, user_id, created, updated, expires) VALUES (?, ?, ?, ?, ?)",
-                    (key, record.user_id, record.created, record.updated, record.expires),
+                    "INSERT INTO sessions (key, user_id, created, updated, expires, meta) VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, record.user_id, record.created, record.updated, record.expires, _meta_text(record.meta)),
                 )
                 conn.executemany(
                     "INSERT INTO session_items (key, name, value) VALUES (?, ?, ?)",
@@ -194,40 +223,68 @@ class SQLiteStore(Store):
         expires: float,
         updated: float,
         user_id: str | None = KEEP,
+        meta: Mapping[str, str] = KEEP,
     ) -> bool:
         unset = list(unset_keys)
+        assignments = "expires = ?, updated = ?"
+        params: list[Any] = [expires, updated]
+        if user_id is not KEEP:
+            assignments += ", user_id = ?"
+            params.append(user_id)
+        if meta is not KEEP:
+            assignments += ", meta = ?"
+            params.append(_meta_text(meta))
+        params += [key, self.clock()]
+        statement = f"UPDATE sessions SET {assignments} WHERE key = ? AND expires > ?"
 
         def update(conn: sqlite3.Connection) -> bool:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                if user_id is KEEP:
-                    cur = conn.execute(
-                        "UPDATE sessions SET expires = ?, updated = ? WHERE key = ? AND expires > ?",
-                        (expires, updated, key, time.time()),
-                    )
-                else:
-                    cur = conn.execute(
-                        "UPDATE sessions SET expires = ?, updated = ?, user_id = ? WHERE key = ? AND expires > ?",
-                        (expires, updated, user_id, key, time.time()),
-                    )
-                if cur.rowcount != 1:
+                if conn.execute(statement, params).rowcount != 1:
                     return False
-                conn.executemany(
-                    "INSERT OR REPLACE INTO session_items (key, name, value) VALUES (?, ?, ?)",
-                    [(key, n, v) for n, v in set_items.items()],
-                )
-                conn.executemany(
-                    "DELETE FROM session_items WHERE key = ? AND name = ?", [(key, n) for n in unset]
-                )
+                if set_items:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO session_items (key, name, value) VALUES (?, ?, ?)",
+                        [(key, n, v) for n, v in set_items.items()],
+                    )
+                if unset:
+                    conn.executemany(
+                        "DELETE FROM session_items WHERE key = ? AND name = ?", [(key, n) for n in unset]
+                    )
                 return True
 
         return await self._run(update)
 
+    async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
+        wanted = list(dict.fromkeys(names))
+        now = self.clock()
+
+        def take(conn: sqlite3.Connection) -> dict[str, str] | None:
+            with conn:
+                # IMMEDIATE takes the write lock first: another process's take of the
+                # same items waits, then finds them gone.
+                conn.execute("BEGIN IMMEDIATE")
+                live = conn.execute("SELECT 1 FROM sessions WHERE key = ? AND expires > ?", (key, now)).fetchone()
+                if live is None:
+                    return None
+                taken: dict[str, str] = {}
+                for name in wanted:
+                    row = conn.execute(
+                        "DELETE FROM session_items WHERE key = ? AND name = ? RETURNING value", (key, name)
+                    ).fetchone()
+                    if row is not None:
+                        taken[name] = row[0]
+                return taken
+
+        return await self._run(take)
+
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
+        now = self.clock()
+
         def touch(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE sessions SET expires = ?, updated = ? WHERE key = ? AND expires > ?",
-                (expires, updated, key, time.time()),
+                (expires, updated, key, now),
             )
             return cur.rowcount == 1
 
@@ -246,24 +303,47 @@ class SQLiteStore(Store):
         return await self._run(destroy_user)
 
     async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+        now = self.clock()
+
         def list_user(conn: sqlite3.Connection) -> list[tuple[str, Record]]:
             rows = conn.execute(
-                "SELECT key, created, updated, expires FROM sessions"
-                " WHERE user_id = ? AND expires > ? ORDER BY created DESC",
-                (user_id, time.time()),
+                "SELECT key, created, updated, expires, meta FROM sessions"
+                " WHERE user_id = ? AND expires > ? ORDER BY created DESC, key DESC",
+                (user_id, now),
             ).fetchall()
             found = []
-            for key, created, updated, expires in rows:
+            for key, created, updated, expires, meta in rows:
                 items = conn.execute("SELECT name, value FROM session_items WHERE key = ?", (key,))
-                record = Record(dict(items.fetchall()), created, updated, expires, user_id)
+                record = Record(dict(items.fetchall()), created, updated, expires, user_id, _meta(meta))
                 found.append((key, record))
             return found
 
         return await self._run(list_user)
 
+    async def hit(self, name: str, window: float) -> tuple[int, float]:
+        slot, end = window_bounds(self.clock(), window)
+
+        def hit(conn: sqlite3.Connection) -> int:
+            # One statement: SQLite serialises writers, so every process counts each hit once.
+            row = conn.execute(
+                "INSERT INTO counters (name, slot, hits, expires) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (name, slot) DO UPDATE SET hits = hits + 1 RETURNING hits",
+                (name, slot, end),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(hit), end
+
+    async def reset_hits(self, name: str, window: float) -> None:
+        slot, _ = window_bounds(self.clock(), window)
+        await self._run(lambda conn: conn.execute("DELETE FROM counters WHERE name = ? AND slot = ?", (name, slot)))
+
     async def prune(self) -> int:
+        now = self.clock()
+
         def prune(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM sessions WHERE expires <= ?", (time.time(),)).rowcount
+            conn.execute("DELETE FROM counters WHERE expires <= ?", (now,))
+            return conn.execute("DELETE FROM sessions WHERE expires <= ?", (now,)).rowcount
 
         return await self._run(prune)
 
@@ -281,3 +361,18 @@ class SQLiteStore(Store):
         if self._conn is not None:
             await self._run(close)
         self._worker.stop()
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 (its directory 0700) before SQLite opens it.
+
+    SQLite creates missing files with the process umask (usually world-readable) and
+    gives its -wal and -shm files the database file's mode.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
