@@ -1,15 +1,17 @@
 """tornado-sessions: encrypted cookies and server-side sessions for Tornado."""
 
 from .cookies import CookieOptions, CookieTooLargeError
-from .keys import KeyRing, MissingKeysError, generate_key, load_key_ring
-from .manager import SessionManager, SessionOptions, hash_session_id
+from .keys import InvalidKeyError, KeyRing, MissingKeysError, Unsealed, generate_key, load_key_ring
+from .manager import CommitPlan, SessionManager, SessionOptions, hash_session_id
 from .session import Session
-from .stores import Record, Store, StoreError, open_store
+from .stores import Record, Store, StoreError, open_store, register_store
 from .tornado import SessionMixin
 
 __all__ = [
+    "CommitPlan",
     "CookieOptions",
     "CookieTooLargeError",
+    "InvalidKeyError",
     "KeyRing",
     "MissingKeysError",
     "Record",
@@ -19,8 +21,10 @@ __all__ = [
     "SessionOptions",
     "Store",
     "StoreError",
+    "Unsealed",
     "generate_key",
     "hash_session_id",
     "load_key_ring",
     "open_store",
+    "register_store",
 ]

@@ -3,25 +3,38 @@
 Browsers silently drop a cookie whose name + value exceed 4096 bytes; we raise
 instead, so the bug shows up in the developer's traceback rather than as a user who
 "randomly" loses their preferences.
+
+Set-Cookie headers are written here rather than through Tornado's ``set_cookie``,
+which builds an ``http.cookies.Morsel`` per cookie: on a login, that cost as much as
+sealing the cookie. Names and sealed values are plain tokens and the attributes
+come from a validated :class:`CookieOptions`, so the header is a format string.
+Setting a cookie twice in one response sends only the last value, as Tornado does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tornado.web import RequestHandler
 
+from .events import log_event, security_log
 from .keys import KeyRing
-
-security_log = logging.getLogger("sessions.security")
 
 #: RFC 6265 section 6.1 minimum every browser honours, for name + value.
 MAX_COOKIE_BYTES = 4096
 
 SameSite = Literal["Strict", "Lax", "None"]
+
+#: RFC 6265 cookie-name token and cookie-value characters (no quotes, no separators).
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*")
+_EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
+#: The handler attribute holding this response's cookie headers, by cookie name.
+_PENDING = "_sessions_set_cookies"
 
 
 class CookieTooLargeError(ValueError):
@@ -47,6 +60,9 @@ class CookieOptions:
             raise ValueError("SameSite=None requires Secure (browsers reject it otherwise)")
         if self.host_prefix and (self.domain is not None or self.path != "/"):
             raise ValueError("__Host- cookies must have Path=/ and no Domain")
+        for text in (self.path, self.domain or ""):
+            if ";" in text or not text.isprintable():
+                raise ValueError(f"cookie path and domain must be printable and have no ';': {text!r}")
         # Tornado drops a Max-Age of 0 (it would become a browser-session cookie).
         if self.max_age is not None and self.max_age <= 0:
             raise ValueError("max_age must be > 0 seconds (None: a browser-session cookie)")
@@ -61,6 +77,23 @@ class CookieOptions:
 
     def with_(self, **changes: Any) -> CookieOptions:
         return replace(self, **changes)
+
+    def attributes(self, *, max_age: int | None = None, clear: bool = False) -> str:
+        """The ``; Attr`` part of a Set-Cookie header for these options."""
+        parts = [f"; Path={self.path}"]
+        if self.domain:
+            parts.append(f"; Domain={self.domain}")
+        if clear:
+            parts.append(f"; Expires={_EXPIRED}; Max-Age=0")
+        elif max_age is not None:
+            parts.append(f"; Max-Age={max_age}")
+        if self.httponly:
+            parts.append("; HttpOnly")
+        if self.effective_secure:
+            parts.append("; Secure")
+        if self.samesite:
+            parts.append(f"; SameSite={self.samesite}")
+        return "".join(parts)
 
     def tornado_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -85,14 +118,30 @@ def set_cookie(handler: RequestHandler, name: str, value: str, options: CookieOp
             f"cookie {full!r} would be {size} bytes (name + value); browsers drop cookies "
             f"over {MAX_COOKIE_BYTES}. Keep less in it, or move the data to the session."
         )
-    handler.set_cookie(full, value, **options.tornado_kwargs())
+    if not _NAME.fullmatch(full) or not _VALUE.fullmatch(value):
+        raise ValueError(f"cookie {full!r}: the name must be a token and the value plain cookie characters")
+    _put_header(handler, full, f"{full}={value}{options.attributes(max_age=options.max_age)}")
 
 
 def clear_cookie(handler: RequestHandler, name: str, options: CookieOptions) -> None:
     """Expire the cookie with the same attributes it was set with (or browsers keep it)."""
-    kwargs = options.tornado_kwargs()
-    kwargs.pop("max_age", None)
-    handler.clear_cookie(options.full_name(name), **kwargs)
+    full = options.full_name(name)
+    _put_header(handler, full, f"{full}={options.attributes(clear=True)}")
+
+
+def _put_header(handler: RequestHandler, name: str, header: str) -> None:
+    pending: dict[str, str] | None = getattr(handler, _PENDING, None)
+    if pending is None:
+        pending = {}
+        setattr(handler, _PENDING, pending)
+    if name in pending:  # set again in this response: only the last one goes out
+        handler.clear_header("Set-Cookie")
+        pending[name] = header
+        for value in pending.values():
+            handler.add_header("Set-Cookie", value)
+        return
+    pending[name] = header
+    handler.add_header("Set-Cookie", header)
 
 
 def get_cookie(handler: RequestHandler, name: str, options: CookieOptions) -> str | None:
@@ -116,10 +165,11 @@ def get_sealed_json(
     raw = handler.get_cookie(full)
     if raw is None:
         return None
-    payload = keys.open(raw, full)
-    if payload is None:
-        log_rejected_cookie(handler, full, raw)
+    opened = keys.unseal(raw, full)
+    if opened.payload is None:
+        log_rejected_cookie(handler, full, raw, reason=opened.failure or "malformed")
         return None
+    payload = opened.payload
     try:
         return json.loads(payload)
     except ValueError:  # sealed by us, so only a bug gets here; still never a 500
@@ -127,15 +177,16 @@ def get_sealed_json(
         return None
 
 
-def log_rejected_cookie(
-    handler: RequestHandler, name: str, raw: str, *, reason: str = "did not open"
-) -> None:
-    """One structured line per cookie we refused: tampered, swapped, expired or unknown key."""
-    security_log.warning(
-        "event=cookie_rejected cookie=%s reason=%r length=%d remote=%s path=%s",
-        name,
-        reason,
-        len(raw),
-        handler.request.remote_ip,
-        handler.request.path,
+def log_rejected_cookie(handler: RequestHandler, name: str, raw: str, *, reason: str) -> None:
+    """One JSON line per cookie we refused, with why: malformed, oversized, unknown_key,
+    bad_tag (tampered, or copied from another cookie), expired, bad json."""
+    log_event(
+        security_log,
+        logging.WARNING,
+        "cookie_rejected",
+        cookie=name,
+        reason=reason,
+        length=len(raw),
+        remote=handler.request.remote_ip,
+        path=handler.request.path,
     )

@@ -10,9 +10,12 @@ that sealed it and the ring opens it with that key alone: rotating keys (put the
 key first, keep the old ones while their cookies live) logs nobody out. The name the
 value is sealed for goes into the associated data, so a value copied from one cookie
 into another fails to open. Anything that does not open returns None: callers treat
-the cookie as absent and log a security event, never raise.
+the cookie as absent and log a security event, never raise. :meth:`KeyRing.unseal`
+also says why a value did not open (for the security log and metrics labels), and
+whether it opened with an older key (so the caller can seal it again with the
+primary one).
 
-Run ``python -m sessions.keys`` to print a new key.
+Run ``python -m sessions.keygen`` to print a new key.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import secrets
 import struct
 import time
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -44,12 +48,32 @@ MAX_SEALED_LENGTH = 4096
 OPEN_CACHE_SIZE = 4096
 
 
-class KeyError_(ValueError):
+class InvalidKeyError(ValueError):
     """A configured key is malformed (wrong length, not base64)."""
 
 
 class MissingKeysError(RuntimeError):
     """Production mode without configured keys."""
+
+
+#: Why a sealed value did not open.
+OpenFailure = Literal["malformed", "oversized", "unknown_key", "bad_tag", "expired"]
+
+
+class Unsealed(NamedTuple):
+    """The outcome of :meth:`KeyRing.unseal`: a payload, or the reason there is none."""
+
+    payload: bytes | None
+    failure: OpenFailure | None = None
+    #: Opened with a key other than the primary: seal it again to retire the old key.
+    rotated: bool = False
+
+
+_MALFORMED = Unsealed(None, "malformed")
+_OVERSIZED = Unsealed(None, "oversized")
+_UNKNOWN_KEY = Unsealed(None, "unknown_key")
+_BAD_TAG = Unsealed(None, "bad_tag")
+_EXPIRED = Unsealed(None, "expired")
 
 
 def generate_key() -> str:
@@ -66,13 +90,13 @@ def _b64decode(text: str | bytes) -> bytes:
 def _parse_key(text: str) -> bytes:
     text = text.strip()
     if not _KEY_TEXT.fullmatch(text):
-        raise KeyError_("a session key must be base64url text")
+        raise InvalidKeyError("a session key must be base64url text")
     try:
         raw = _b64decode(text)
     except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
-        raise KeyError_("a session key must be base64url text") from exc
+        raise InvalidKeyError("a session key must be base64url text") from exc
     if len(raw) != KEY_BYTES:
-        raise KeyError_(f"a session key must decode to {KEY_BYTES} bytes, got {len(raw)}")
+        raise InvalidKeyError(f"a session key must decode to {KEY_BYTES} bytes, got {len(raw)}")
     return raw
 
 
@@ -86,18 +110,18 @@ class KeyRing:
         self._order: list[bytes] = []
         for key in keys:
             if len(key) != KEY_BYTES:
-                raise KeyError_(f"a session key must be {KEY_BYTES} bytes")
+                raise InvalidKeyError(f"a session key must be {KEY_BYTES} bytes")
             kid = hashlib.sha256(key).digest()[:4]
             if kid not in self._ciphers:
                 self._ciphers[kid] = AESGCM(key)
                 self._order.append(kid)
         self._primary_id = self._order[0]
         self._primary = self._ciphers[self._primary_id]
-        #: (sealed, name) -> (payload, expiry) of values that opened: a browser sends the
-        #: same session cookie with every request, and decrypting it is the costliest
-        #: step of a session read. Only values that opened are kept, so junk cannot
-        #: fill it; the expiry is still checked on every hit.
-        self._opened: dict[tuple[str | bytes, str], tuple[bytes, int]] = {}
+        #: (sealed, name) -> (payload, expiry, rotated) of values that opened: a browser
+        #: sends the same session cookie with every request, and decrypting it is the
+        #: costliest step of a session read. Only values that opened are kept, so junk
+        #: cannot fill it; the expiry is still checked on every hit.
+        self._opened: dict[tuple[str | bytes, str], tuple[bytes, int, bool]] = {}
 
     @classmethod
     def from_text(cls, text: str) -> KeyRing:
@@ -122,44 +146,55 @@ class KeyRing:
 
     def open(self, sealed: str | bytes | None, name: str) -> bytes | None:
         """The payload, or None if the value is not one we sealed for ``name`` or expired."""
-        if not sealed or len(sealed) > MAX_SEALED_LENGTH:
-            return None
+        return self.unseal(sealed, name).payload
+
+    def unseal(self, sealed: str | bytes | None, name: str) -> Unsealed:
+        """Open ``sealed`` and say how it went: payload, failure reason, older key."""
+        if not sealed:
+            return _MALFORMED
+        if len(sealed) > MAX_SEALED_LENGTH:
+            return _OVERSIZED
         cache_key = (sealed, name)
         hit = self._opened.get(cache_key)
         if hit is not None:
-            payload, expiry = hit
-            return None if expiry and expiry <= time.time() else payload
+            payload, expiry, rotated = hit
+            if expiry and expiry <= time.time():
+                return _EXPIRED
+            return Unsealed(payload, None, rotated)
         if isinstance(sealed, str):
             try:
                 sealed = sealed.encode("ascii")
             except UnicodeEncodeError:
-                return None
+                return _MALFORMED
         try:
             blob = _b64decode(sealed)
         except (ValueError, binascii.Error):
-            return None
+            return _MALFORMED
         # The decoder skips stray characters and ignores trailing bits; only the one
         # canonical spelling of a value is accepted, so no two cookies open alike.
         if base64.urlsafe_b64encode(blob).rstrip(b"=") != sealed:
-            return None
+            return _MALFORMED
         if len(blob) < _HEADER.size + _EXPIRY.size + 16:
-            return None
+            return _MALFORMED
         version, kid, nonce = _HEADER.unpack_from(blob)
+        if version != VERSION:
+            return _MALFORMED
         cipher = self._ciphers.get(kid)
-        if version != VERSION or cipher is None:
-            return None
+        if cipher is None:
+            return _UNKNOWN_KEY
         try:
             plain = cipher.decrypt(nonce, blob[_HEADER.size :], _AAD_PREFIX + name.encode("utf-8"))
         except InvalidTag:
-            return None
+            return _BAD_TAG
         (expiry,) = _EXPIRY.unpack_from(plain)
         if expiry and expiry <= time.time():
-            return None
+            return _EXPIRED
         payload = plain[_EXPIRY.size :]
+        rotated = kid != self._primary_id
         if len(self._opened) >= OPEN_CACHE_SIZE:
             del self._opened[next(iter(self._opened))]  # oldest first
-        self._opened[cache_key] = (payload, expiry)
-        return payload
+        self._opened[cache_key] = (payload, expiry, rotated)
+        return Unsealed(payload, None, rotated)
 
 
 def load_key_ring(
@@ -174,11 +209,17 @@ def load_key_ring(
     if production:
         raise MissingKeysError(
             "production mode needs SESSION_KEYS (newest key first, comma-separated). "
-            "Make a key with:  python -m sessions.keys"
+            "Make a key with:  python -m sessions.keygen"
         )
     if key_file is None:
         raise MissingKeysError("no SESSION_KEYS and no development key file configured")
     if key_file.exists():
+        mode = key_file.stat().st_mode & 0o777
+        if os.name == "posix" and mode & 0o077:
+            raise MissingKeysError(
+                f"the key file {key_file} is readable or writable by other users (mode {mode:o}); "
+                f"anyone who can read it can forge every cookie. Run:  chmod 600 {key_file}"
+            )
         return KeyRing.from_text(key_file.read_text()), str(key_file)
     key_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -186,6 +227,3 @@ def load_key_ring(
         fh.write(generate_key() + "\n")
     return KeyRing.from_text(key_file.read_text()), f"{key_file} (generated)"
 
-
-if __name__ == "__main__":  # pragma: no cover - a command for operators
-    print(generate_key())

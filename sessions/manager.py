@@ -1,9 +1,18 @@
 """Load and commit rules, written once above every store.
 
 request cookie -> opened value -> session ID -> hash -> store record -> Session,
-and back: Session changes -> store -> Set-Cookie. The manager owns expiry (idle and
-absolute), touch throttling, save-uninitialized, resave, rolling, regeneration and
-destruction; stores only move records.
+and back: Session changes -> :class:`CommitPlan` -> store -> Set-Cookie. The
+manager owns expiry (idle and absolute), touch throttling, save-uninitialized,
+resave, rolling, regeneration and destruction; stores only move records.
+
+A request's commit is decided once, by :meth:`SessionManager.plan`, which encodes
+the changed values once; :meth:`SessionManager.execute` carries the plan out. The
+glue calls ``plan`` in ``finish()`` and skips the commit step entirely when there is
+nothing to do (the common read-only request).
+
+The client address and scheme are Tornado's ``request.remote_ip`` and
+``request.protocol``: forwarded headers count only when the HTTP server was told to
+trust the proxy that sent them (see :mod:`sessions.proxy`).
 """
 
 from __future__ import annotations
@@ -11,19 +20,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from tornado.web import RequestHandler
 
 from .cookies import CookieOptions, clear_cookie, log_rejected_cookie, set_cookie
+from .events import audit_log, log_event, short_key
 from .keys import KeyRing
 from .session import Session
-from .stores.base import KEEP, Record, Store
+from .stores.base import KEEP, Clock, Record, Store
 
 log = logging.getLogger("sessions")
-audit_log = logging.getLogger("sessions.audit")
 
 #: OWASP / NIST SP 800-63B AAL2: inactivity at most 1 h, overall at most 24 h.
 DEFAULT_IDLE_TIMEOUT = 30 * 60
@@ -45,9 +54,10 @@ class SessionOptions:
     - ``rolling``: send the cookie again on every response (refreshes its Max-Age).
     - ``touch_after``: write a moved idle deadline at most once per this many seconds
       on requests that change nothing.
-    - ``trust_proxy``: believe ``X-Forwarded-Proto`` / ``X-Forwarded-For`` from the
-      reverse proxy when deciding whether the request is HTTPS (Secure cookies are
-      only sent over HTTPS, as in express-session) and who the client is.
+
+    Secure cookies are only sent over HTTPS (``request.protocol``), as in
+    express-session; behind a TLS proxy, list the proxy in the HTTP server's trusted
+    proxies (:mod:`sessions.proxy`) so that ``X-Forwarded-Proto`` counts.
     """
 
     cookie_name: str = "sid"
@@ -59,7 +69,6 @@ class SessionOptions:
     absolute_timeout: float = DEFAULT_ABSOLUTE_TIMEOUT
     touch_after: float = 60.0
     id_generator: Callable[[], str] = default_id_generator
-    trust_proxy: bool = False
 
     def __post_init__(self) -> None:
         if self.idle_timeout <= 0 or self.absolute_timeout <= 0:
@@ -73,6 +82,30 @@ def hash_session_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+Write = Literal["none", "create", "update", "touch", "destroy"]
+CookieAction = Literal["keep", "set", "clear"]
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """What one request's commit does, decided once (by :meth:`SessionManager.plan`).
+
+    ``write`` is the store operation; ``items`` are the values to create the session
+    with (``create``) or to set (``update``), already JSON text; ``drop_key`` is a
+    store key to delete (the old key of a regenerated session, or the session
+    destroyed); ``cookie`` says whether the response sets or clears the cookie.
+    """
+
+    write: Write
+    now: float
+    cookie: CookieAction = "keep"
+    items: dict[str, str] = field(default_factory=dict)
+    unset_keys: list[str] = field(default_factory=list)
+    user_id: Any = KEEP
+    meta: Any = KEEP
+    drop_key: str | None = None
+
+
 class SessionManager:
     """Loads the session a request names and commits what the handler did to it."""
 
@@ -82,29 +115,19 @@ class SessionManager:
         keys: KeyRing,
         options: SessionOptions | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
         self.options = options or SessionOptions()
-        self.clock = clock
+        #: One clock for the rules and the store (the store's unless given).
+        self.clock: Clock = clock or store.clock
         self.cookie_full_name = self.options.cookie.full_name(self.options.cookie_name)
 
     # -- helpers -----------------------------------------------------------------
-    def client_ip(self, handler: RequestHandler) -> str:
-        if self.options.trust_proxy:
-            forwarded = handler.request.headers.get("X-Forwarded-For")
-            if forwarded:
-                return forwarded.split(",")[0].strip()
-        return handler.request.remote_ip or ""
-
-    def is_secure_request(self, handler: RequestHandler) -> bool:
-        if handler.request.protocol == "https":
-            return True
-        if self.options.trust_proxy:
-            proto = handler.request.headers.get("X-Forwarded-Proto", "")
-            return proto.split(",")[0].strip().lower() == "https"
-        return False
+    def can_send_cookie(self, handler: RequestHandler) -> bool:
+        """False for a Secure cookie on a plain-HTTP request (the browser would drop it)."""
+        return not self.options.cookie.effective_secure or handler.request.protocol == "https"
 
     def new_session(self, now: float) -> Session:
         return Session(
@@ -121,22 +144,23 @@ class SessionManager:
         raw = handler.get_cookie(self.cookie_full_name)
         if raw is None:
             return self.new_session(now)
-        payload = self.keys.open(raw, self.cookie_full_name)
-        if payload is None:
-            log_rejected_cookie(handler, self.cookie_full_name, raw)
+        opened = self.keys.unseal(raw, self.cookie_full_name)
+        if opened.payload is None:
+            log_rejected_cookie(handler, self.cookie_full_name, raw, reason=opened.failure or "malformed")
             return self.new_session(now)
-        session_id = payload.decode("utf-8", "replace")
+        session_id = opened.payload.decode("utf-8", "replace")
         key = hash_session_id(session_id)
         record = await self.store.load(key)
         if record is None:
             # Never adopt an ID we do not hold (fixation): a fresh ID is made at commit.
-            audit_log.info("event=session_unknown key=%s remote=%s", key[:12], self.client_ip(handler))
+            log_event(audit_log, logging.INFO, "session_unknown", key=short_key(key), remote=handler.request.remote_ip)
             return self.new_session(now)
         if record.expires <= now or record.created + self.options.absolute_timeout <= now:
-            audit_log.info("event=session_expired key=%s", key[:12])
+            reason = "idle" if record.expires <= now else "absolute"
+            log_event(audit_log, logging.INFO, "session_expired", key=short_key(key), timeout=reason)
             await self.store.destroy(key)
             return self.new_session(now)
-        return Session(
+        session = Session(
             session_id,
             key,
             stored=record.data,
@@ -144,117 +168,147 @@ class SessionManager:
             last_access=record.updated,
             expires=record.expires,
             user_id=record.user_id,
+            meta=record.meta,
         )
+        session.resend_cookie = opened.rotated
+        return session
 
     # -- commit ------------------------------------------------------------------
-    def commit_needed(self, handler: RequestHandler, session: Session) -> bool:
-        """False when :meth:`commit` would neither write nor set a cookie.
+    def plan(self, handler: RequestHandler, session: Session) -> CommitPlan | None:
+        """Decide what committing this request does; None when nothing at all.
 
-        Read-only requests (the common case) then finish without scheduling anything.
+        Changed values are encoded here, once; :meth:`execute` only carries out.
         """
         options = self.options
-        if session.destroyed or session.regenerating or options.resave or options.rolling:
-            return True
-        if session.is_new:
-            return (
-                not session.is_empty
-                or options.save_uninitialized
-                or handler.get_cookie(self.cookie_full_name) is not None  # stale: clear it
-            )
-        if session.is_empty or session.user_changed:
-            return True
-        if self.clock() - session.last_access >= options.touch_after:
-            return True
-        set_items, unset_keys = session.changes()
-        return bool(set_items or unset_keys)
-
-    async def commit(self, handler: RequestHandler, session: Session) -> None:
-        """Write what the handler changed, then set or clear the cookie. Before the response."""
         now = self.clock()
         had_cookie = handler.get_cookie(self.cookie_full_name) is not None
+        stale_cookie: CookieAction = "clear" if had_cookie else "keep"
+
         if session.destroyed:
-            if session.key:
-                await self.store.destroy(session.key)
-                audit_log.info("event=session_destroyed key=%s", session.key[:12])
-            if had_cookie:
-                clear_cookie(handler, self.options.cookie_name, self.options.cookie)
-            return
+            if session.key is None and not had_cookie:
+                return None
+            return CommitPlan("destroy", now, stale_cookie, drop_key=session.key)
 
         if session.regenerating or session.is_new:
             old_key = None if session.is_new else session.key
-            if session.is_empty and not self.options.save_uninitialized:
-                if old_key:
-                    await self.store.destroy(old_key)
-                if had_cookie:
-                    clear_cookie(handler, self.options.cookie_name, self.options.cookie)
-                return
-            await self._create(handler, session, now)
-            if old_key:
-                await self.store.destroy(old_key)
-                audit_log.info(
-                    "event=session_regenerated old=%s new=%s", old_key[:12], session.key[:12]
+            if session.is_empty and not options.save_uninitialized:
+                if old_key is None and not had_cookie:
+                    return None  # a visitor who stored nothing costs nothing
+                return CommitPlan("destroy", now, stale_cookie, drop_key=old_key)
+            if not self.can_send_cookie(handler):
+                # Storing a session whose cookie cannot reach the browser only leaves an
+                # orphan record behind (one per request).
+                log_event(
+                    log, logging.WARNING, "secure_cookie_over_http", path=handler.request.path,
+                    hint="behind a TLS proxy? list it as a trusted proxy so X-Forwarded-Proto counts",
                 )
-            return
+                return None
+            return CommitPlan(
+                "create", now, "set", items=session.all_items(), user_id=session.user_id,
+                meta=dict(session.meta), drop_key=old_key,
+            )
 
         if session.is_empty:  # the handler removed everything: empty sessions are not kept
-            await self.store.destroy(session.key)
-            clear_cookie(handler, self.options.cookie_name, self.options.cookie)
-            return
+            return CommitPlan("destroy", now, "clear", drop_key=session.key)
 
+        resend = options.rolling or session.resend_cookie
+        cookie: CookieAction = "set" if resend and self.can_send_cookie(handler) else "keep"
         set_items, unset_keys = session.changes()
-        if set_items or unset_keys or session.user_changed or self.options.resave:
-            expires = now + self.options.idle_timeout
+        if set_items or unset_keys or session.user_changed or session.meta_changed or options.resave:
+            return CommitPlan(
+                "update", now, cookie, items=set_items, unset_keys=unset_keys,
+                user_id=session.user_id if session.user_changed else KEEP,
+                meta=dict(session.meta) if session.meta_changed else KEEP,
+            )
+        if now - session.last_access >= options.touch_after:
+            return CommitPlan("touch", now, cookie)
+        if cookie == "set":
+            return CommitPlan("none", now, cookie)
+        return None
+
+    def commit_needed(self, handler: RequestHandler, session: Session) -> bool:
+        """False when committing would neither write nor set a cookie."""
+        return self.plan(handler, session) is not None
+
+    async def commit(self, handler: RequestHandler, session: Session) -> None:
+        """Plan and carry out this request's commit (the glue does both in ``finish()``)."""
+        plan = self.plan(handler, session)
+        if plan is not None:
+            await self.execute(handler, session, plan)
+
+    async def execute(self, handler: RequestHandler, session: Session, plan: CommitPlan) -> None:
+        """Carry out a plan: the store write(s), then the cookie. Runs before the response."""
+        now, cookie = plan.now, plan.cookie
+        expires = now + self.options.idle_timeout
+        if plan.write == "create":
+            await self._create(session, plan, expires)
+        elif plan.write == "update":
             written = await self.store.update(
-                session.key,
-                set_items=set_items,
-                unset_keys=unset_keys,
+                session.key,  # type: ignore[arg-type]  # an update plan is for a stored session
+                set_items=plan.items,
+                unset_keys=plan.unset_keys,
                 expires=expires,
                 updated=now,
-                user_id=session.user_id if session.user_changed else KEEP,
+                user_id=plan.user_id,
+                meta=plan.meta,
             )
-            if not written:
+            if written:
+                session.expires, session.last_access = expires, now
+                session.mark_saved(session.id, session.key, session.applied(plan.items, plan.unset_keys))  # type: ignore[arg-type]
+            else:
                 # Ended elsewhere (logout, revoke, expiry) while this request ran: do not
                 # bring it back from a partial copy.
-                audit_log.info("event=session_gone_before_save key=%s", session.key[:12])
-                clear_cookie(handler, self.options.cookie_name, self.options.cookie)
-                return
-            session.expires, session.last_access = expires, now
-            session.mark_saved(session.id, session.key, session.applied(set_items, unset_keys))
-        elif now - session.last_access >= self.options.touch_after:
-            expires = now + self.options.idle_timeout
-            if await self.store.touch(session.key, expires=expires, updated=now):
+                log_event(audit_log, logging.INFO, "session_gone_before_save", key=short_key(session.key))
+                cookie = "clear"
+        elif plan.write == "touch":
+            if await self.store.touch(session.key, expires=expires, updated=now):  # type: ignore[arg-type]
                 session.expires, session.last_access = expires, now
-        if self.options.rolling:
-            self._set_cookie(handler, session, now)
+        elif plan.write == "destroy" and plan.drop_key is not None:
+            await self.store.destroy(plan.drop_key)
+            log_event(audit_log, logging.INFO, "session_destroyed", key=short_key(plan.drop_key))
 
-    async def _create(self, handler: RequestHandler, session: Session, now: float) -> None:
+        if cookie == "set":
+            self._set_cookie(handler, session, now)
+        elif cookie == "clear":
+            clear_cookie(handler, self.options.cookie_name, self.options.cookie)
+
+    async def _create(self, session: Session, plan: CommitPlan, expires: float) -> None:
+        now = plan.now
         session_id = self.options.id_generator()
         key = hash_session_id(session_id)
-        items = session.all_items()
-        expires = now + self.options.idle_timeout
-        record = Record(data=items, created=now, updated=now, expires=expires, user_id=session.user_id)
+        record = Record(plan.items, now, now, expires, plan.user_id, plan.meta)
         await self.store.create(key, record)
         session.created, session.last_access, session.expires = now, now, expires
-        session.mark_saved(session_id, key, items)
-        self._set_cookie(handler, session, now)
+        session.mark_saved(session_id, key, plan.items)
+        if plan.drop_key is not None:
+            await self.store.destroy(plan.drop_key)
+            log_event(audit_log, logging.INFO, "session_regenerated", old=short_key(plan.drop_key), new=short_key(key))
 
     def _set_cookie(self, handler: RequestHandler, session: Session, now: float) -> None:
-        options = self.options.cookie
-        if options.effective_secure and not self.is_secure_request(handler):
-            log.warning(
-                "not sending the Secure session cookie over plain HTTP (behind a TLS proxy? "
-                "set trust_proxy and X-Forwarded-Proto)"
-            )
-            return
+        assert session.id is not None
         remaining = session.created + self.options.absolute_timeout - now
         sealed = self.keys.seal(
             session.id.encode("utf-8"), self.cookie_full_name, max_age=max(remaining, 1)
         )
-        set_cookie(handler, self.options.cookie_name, sealed, options)
+        set_cookie(handler, self.options.cookie_name, sealed, self.options.cookie)
+        session.resend_cookie = False
+
+    # -- flash -------------------------------------------------------------------
+    async def pop_flashes(self, session: Session, category: str | None = None) -> list[tuple[str, str]]:
+        """Take the queued flash messages (of one category) so that each shows exactly once.
+
+        Stored messages are taken with the store's atomic ``take``: of parallel requests
+        of one session, each message goes to exactly one of them.
+        """
+        stored, unsaved = session.flash_names(category)
+        taken: Mapping[str, str] = {}
+        if stored and session.key is not None:
+            taken = await self.store.take(session.key, stored) or {}
+        return session.drop_flashes(stored + unsaved, taken)
 
     # -- user-wide operations ----------------------------------------------------
     async def destroy_user_sessions(self, user_id: str, *, keep: Session | None = None) -> int:
         """End every session of a user ("log out everywhere", password change)."""
         count = await self.store.destroy_user(user_id, keep=keep.key if keep else None)
-        audit_log.info("event=user_sessions_destroyed user=%s count=%d", user_id, count)
+        log_event(audit_log, logging.INFO, "user_sessions_destroyed", user=user_id, count=count)
         return count

@@ -27,7 +27,7 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from .cookies import CookieOptions, get_sealed_json, set_sealed_json
-from .manager import SessionManager
+from .manager import CommitPlan, SessionManager
 from .session import Session
 from .stores.base import StoreError
 
@@ -57,7 +57,8 @@ class SessionMixin(RequestHandler):
 
     @property
     def session_manager(self) -> SessionManager:
-        return self.application.settings["session_manager"]
+        manager: SessionManager = self.application.settings["session_manager"]
+        return manager
 
     async def get_session(self) -> Session:
         """Load (once per request) and return this request's session."""
@@ -70,6 +71,16 @@ class SessionMixin(RequestHandler):
             self.add_header("Vary", "Cookie")
             self.set_header("Cache-Control", "no-store")
         return self._session
+
+    async def pop_flashes(self, category: str | None = None) -> list[tuple[str, str]]:
+        """Take this session's flash messages (of one category): each is shown exactly once,
+        even to parallel requests."""
+        session = await self.get_session()
+        try:
+            return await self.session_manager.pop_flashes(session, category)
+        except StoreError as exc:
+            log.error("session store failed taking flashes: %s", exc)
+            raise HTTPError(503, reason="Session Store Unavailable") from exc
 
     @property
     def session(self) -> Session:
@@ -93,21 +104,20 @@ class SessionMixin(RequestHandler):
             if chunk is not None:
                 self.write(chunk)
             return self._session_commit  # Tornado's own finish() call while we commit
-        if (
-            self._session is None
-            or self._status_code >= 500
-            or self._finished
-            or not self.session_manager.commit_needed(self, self._session)
-        ):
+        session = self._session
+        if session is None or self._status_code >= 500 or self._finished:
+            return super().finish(chunk)
+        plan = self.session_manager.plan(self, session)
+        if plan is None:
             return super().finish(chunk)
         if chunk is not None:
             self.write(chunk)
-        self._session_commit = asyncio.ensure_future(self._commit_then_finish(self._session))
+        self._session_commit = asyncio.ensure_future(self._commit_then_finish(session, plan))
         return self._session_commit
 
-    async def _commit_then_finish(self, session: Session) -> None:
+    async def _commit_then_finish(self, session: Session, plan: CommitPlan) -> None:
         try:
-            await self.session_manager.commit(self, session)
+            await self.session_manager.execute(self, session, plan)
         except StoreError as exc:
             log.error("session store failed on save: %s", exc)
             self._session_committed = True

@@ -27,6 +27,7 @@ from sessions.cookies import (
     set_sealed_json,
 )
 from sessions.keys import KeyRing
+from tests.support import parse_set_cookie
 
 SECURITY_LOGGER = "sessions.security"
 
@@ -203,8 +204,10 @@ def test_get_sealed_json_logs_rejection_with_cookie_name_and_client(caplog):
     (record,) = [r for r in caplog.records if r.name == SECURITY_LOGGER]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
-    assert "cookie_rejected" in message and "cookie=prefs" in message
-    assert "203.0.113.7" in message and "path=/page" in message
+    event = json.loads(message)
+    assert event["event"] == "cookie_rejected" and event["cookie"] == "prefs"
+    assert event["remote"] == "203.0.113.7" and event["path"] == "/page"
+    assert event["reason"] == "malformed"
     assert "garbage" not in message  # the raw value is not logged
 
 
@@ -263,17 +266,6 @@ def keys() -> KeyRing:
 @pytest.fixture
 def app(keys):
     return Application([(r"/prefs/(\w+)", PrefsHandler, {"keys": keys}), (r"/raw", RawHandler)])
-
-
-def parse_set_cookie(header: str) -> tuple[str, str, dict[str, str | bool]]:
-    """(name, value, {lower-case attribute: value or True}) exactly as emitted."""
-    first, *attributes = [part.strip() for part in header.split(";")]
-    name, value = first.split("=", 1)
-    parsed: dict[str, str | bool] = {}
-    for attribute in attributes:
-        key, sep, val = attribute.partition("=")
-        parsed[key.lower()] = val if sep else True
-    return name, value, parsed
 
 
 async def put_prefs(http_client, base_url, variant, value) -> list[str]:
@@ -369,7 +361,8 @@ async def test_tampered_cookie_reads_as_none_and_is_logged(http_client, base_url
     tampered = value[:middle] + ("A" if value[middle] != "A" else "B") + value[middle + 1 :]
     assert await get_prefs(http_client, base_url, "default", f"prefs={tampered}") is None
     assert len(rejected(caplog)) == 1
-    assert "cookie=prefs" in rejected(caplog)[0].getMessage()
+    event = json.loads(rejected(caplog)[0].getMessage())
+    assert event["cookie"] == "prefs" and event["reason"] == "bad_tag"
 
 
 @pytest.mark.gen_test
@@ -380,7 +373,8 @@ async def test_cookie_swapped_to_another_name_reads_as_none_and_is_logged(http_c
     _, value, _ = parse_set_cookie(header)
     assert await get_prefs(http_client, base_url, "host", f"__Host-prefs={value}") is None
     assert len(rejected(caplog)) == 1
-    assert "cookie=__Host-prefs" in rejected(caplog)[0].getMessage()
+    event = json.loads(rejected(caplog)[0].getMessage())
+    assert event["cookie"] == "__Host-prefs" and event["reason"] == "bad_tag"
 
 
 @pytest.mark.gen_test
@@ -424,7 +418,28 @@ async def test_clear_cookie_expires_it_with_the_same_attributes(http_client, bas
     name, value, attrs = parse_set_cookie(header)
     assert name == "__Host-prefs" and value in ("", '""')
     assert attrs["secure"] is True and attrs["path"] == "/" and attrs["httponly"] is True
-    assert "expires" in attrs and "max-age" not in attrs
+    assert attrs["expires"] == "Thu, 01 Jan 1970 00:00:00 GMT" and attrs["max-age"] == "0"
+
+
+def test_setting_a_cookie_twice_sends_only_the_last_value():
+    handler = make_handler()
+    set_cookie(handler, "a", "first", CookieOptions())
+    set_cookie(handler, "b", "other", CookieOptions())
+    set_cookie(handler, "a", "second", CookieOptions())
+    headers = handler._headers.get_list("Set-Cookie")
+    assert sorted(parse_set_cookie(h)[:2] for h in headers) == [("a", "second"), ("b", "other")]
+
+
+@pytest.mark.parametrize("name, value", [("bad name", "v"), ("n;x", "v"), ("n", "a;b"), ("n", "a b"), ("n", 'q"')])
+def test_set_cookie_refuses_names_and_values_that_would_break_the_header(name, value):
+    with pytest.raises(ValueError):
+        set_cookie(make_handler(), name, value, CookieOptions())
+
+
+@pytest.mark.parametrize("path", ["/a;Domain=evil.test", "/a\nX: y"])
+def test_cookie_options_refuse_attribute_injection(path):
+    with pytest.raises(ValueError):
+        CookieOptions(path=path)
 
 
 @pytest.mark.gen_test

@@ -419,7 +419,7 @@ def test_production_without_keys_refuses_and_says_how_to_make_one(tmp_path, env)
     key_file = tmp_path / "session.key"
     with pytest.raises(MissingKeysError) as info:
         load_key_ring(env, key_file=key_file, production=True)
-    assert "python -m sessions.keys" in str(info.value)
+    assert "python -m sessions.keygen" in str(info.value)
     assert "SESSION_KEYS" in str(info.value)
     assert not key_file.exists()
 
@@ -455,22 +455,60 @@ def test_development_without_key_file_or_keys_raises(tmp_path):
         load_key_ring(None, key_file=None, production=False)
 
 
-# -- python -m sessions.keys ------------------------------------------------------
+# -- python -m sessions.keygen ------------------------------------------------------
 
 
 def test_command_prints_a_key_that_from_text_accepts():
     outputs = []
     for _ in range(2):
         done = subprocess.run(
-            [sys.executable, "-m", "sessions.keys"],
+            [sys.executable, "-m", "sessions.keygen"],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         )
+        assert done.stderr == ""  # no RuntimeWarning about sessions.keys in sys.modules
         outputs.append(done.stdout.strip())
     for text in outputs:
         ring = KeyRing.from_text(text)
         assert ring.open(ring.seal(b"p", NAME), NAME) == b"p"
     assert outputs[0] != outputs[1]
+
+
+# -- why a value did not open ------------------------------------------------------
+
+
+def test_unseal_names_each_failure(ring, key):
+    sealed = ring.seal(b"payload", NAME)
+    assert ring.unseal(sealed, NAME) == (b"payload", None, False)
+    assert ring.unseal("", NAME).failure == "malformed"
+    assert ring.unseal("not base64 !", NAME).failure == "malformed"
+    assert ring.unseal("A" * 5000, NAME).failure == "oversized"
+    blob = bytearray(b64decode(sealed))
+    blob[-1] ^= 1
+    assert ring.unseal(b64encode(bytes(blob)), NAME).failure == "bad_tag"
+    assert ring.unseal(sealed, "another-name").failure == "bad_tag"
+    stranger = KeyRing([os.urandom(32)]).seal(b"payload", NAME)
+    assert ring.unseal(stranger, NAME).failure == "unknown_key"
+    expired = ring.seal(b"payload", NAME, max_age=-5)
+    assert ring.unseal(expired, NAME).failure == "expired"
+    assert ring.open(expired, NAME) is None
+
+
+def test_unseal_says_when_an_older_key_opened_the_value():
+    old, new = os.urandom(32), os.urandom(32)
+    by_old = KeyRing([old]).seal(b"p", NAME)
+    rotated = KeyRing([new, old])
+    assert rotated.unseal(by_old, NAME) == (b"p", None, True)
+    assert rotated.unseal(by_old, NAME).rotated is True  # the cached answer says so too
+    assert rotated.unseal(rotated.seal(b"p", NAME), NAME).rotated is False
+
+
+def test_invalid_key_error_is_exported_and_a_value_error():
+    from sessions import InvalidKeyError
+
+    assert issubclass(InvalidKeyError, ValueError)
+    with pytest.raises(InvalidKeyError):
+        KeyRing.from_text("too-short")

@@ -13,17 +13,15 @@ import pytest
 from tornado.web import Application, RequestHandler
 
 from sessions import KeyRing, SessionManager, SessionMixin, SessionOptions, generate_key, hash_session_id
-from tests.helpers import CookieJar, CountingStore, FlakyStore, set_cookie_headers
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import (
+    Client,
+    CookieJar,
+    CountingStore,
+    FakeClock,
+    FlakyStore,
+    is_deletion,
+    set_cookie_headers,
+)
 
 
 class Ops(SessionMixin, RequestHandler):
@@ -35,7 +33,7 @@ class Ops(SessionMixin, RequestHandler):
         if op == "read":
             self.write({"data": dict(session), "new": session.is_new, "user": session.user_id})
         elif op == "flashes":
-            self.write({"flashes": session.pop_flashes()})
+            self.write({"flashes": await self.pop_flashes()})
         else:
             self.send_error(404)
 
@@ -99,19 +97,21 @@ def jar():
 
 @pytest.fixture
 def call(http_client, base_url, jar):
+    client = Client(http_client, base_url, jar=jar)
+
     async def call(method: str, op: str, body: dict | None = None, *, follow=True, cookies=True):
-        response = await http_client.fetch(
-            f"{base_url}/op/{op}",
-            method=method,
-            body=json.dumps(body or {}) if method == "POST" else None,
-            headers=jar.header() if cookies else {},
-            raise_error=False,
-            follow_redirects=follow,
-        )
-        jar.update(response)
-        return response
+        data = json.dumps(body or {}) if method == "POST" else None
+        return await client.fetch(f"/op/{op}", method, data, follow=follow, cookies=cookies)
 
     return call
+
+
+def stored_key(app, jar) -> str:
+    """The store key of the session the jar's cookie names (public API: open, hash)."""
+    manager = app.settings["session_manager"]
+    session_id = manager.keys.open(jar.cookies["sid"], "sid")
+    assert session_id is not None
+    return hash_session_id(session_id.decode())
 
 
 def payload(response) -> dict:
@@ -209,17 +209,12 @@ async def test_in_place_mutation_and_deletion_are_saved(call):
 
 
 @pytest.mark.gen_test
-async def test_removing_everything_destroys_the_session(call, store, jar):
+async def test_removing_everything_destroys_the_session(app, call, store, jar):
     await call("POST", "set", {"a": 1})
-    key = hash_session_id_from_store(store)
+    key = stored_key(app, jar)
     await call("POST", "delete", {"keys": ["a"]})
     assert await store.load(key) is None
     assert "sid" not in jar.cookies
-
-
-def hash_session_id_from_store(store: CountingStore) -> str:
-    [key] = list(store._records)
-    return key
 
 
 # -- post-then-redirect, failures ------------------------------------------------------
@@ -269,10 +264,10 @@ async def test_store_failure_on_create_sets_no_cookie(call, store, jar):
 
 
 @pytest.mark.gen_test
-async def test_login_regenerates_id_and_deletes_old(call, store, jar):
+async def test_login_regenerates_id_and_deletes_old(app, call, store, jar):
     await call("POST", "set", {"cart": [1]})
     old_cookie = jar.cookies["sid"]
-    [old_key] = list(store._records)
+    old_key = stored_key(app, jar)
     await call("POST", "login", {"user": "alice"})
     assert jar.cookies["sid"] != old_cookie
     assert await store.load(old_key) is None
@@ -302,7 +297,7 @@ async def test_logout_destroys_and_clears_cookie(call, store, jar):
     response = await call("POST", "logout")
     [header] = set_cookie_headers(response, "sid")
     assert jar.is_deletion(header)
-    assert not store._records
+    assert await store.live_keys() == []
     assert "sid" not in jar.cookies
 
 
@@ -312,9 +307,9 @@ async def test_unknown_session_id_is_never_adopted(call, store, app, jar):
     forged_id = "attacker-chosen-id"
     jar.cookies["sid"] = manager.keys.seal(forged_id.encode(), "sid")
     await call("POST", "set", {"a": 1})
-    assert hash_session_id(forged_id) not in store._records
-    [key] = list(store._records)
-    assert key != hash_session_id(forged_id)
+    assert await store.load(hash_session_id(forged_id)) is None
+    assert await store.live_keys() == [stored_key(app, jar)]
+    assert stored_key(app, jar) != hash_session_id(forged_id)
     assert manager.keys.open(jar.cookies["sid"], "sid") != forged_id.encode()
 
 
@@ -350,7 +345,7 @@ async def test_idle_timeout_ends_session(call, clock, store):
     await call("POST", "set", {"a": 1})
     clock.now += 30 * 60 + 1
     assert payload(await call("GET", "read"))["new"] is True
-    assert not store._records  # the expired record was deleted when found
+    assert await store.live_keys() == []  # the expired record is gone
 
 
 @pytest.mark.gen_test
@@ -388,7 +383,7 @@ async def test_concurrent_requests_changing_different_keys_both_persist(call, ht
 @pytest.mark.gen_test
 async def test_request_racing_logout_does_not_resurrect_session(app, call, store, jar):
     await call("POST", "set", {"a": 1})
-    [key] = list(store._records)
+    key = stored_key(app, jar)
     manager = app.settings["session_manager"]
 
     class Handler:  # what a second, slower request holds: a loaded session
@@ -397,19 +392,19 @@ async def test_request_racing_logout_does_not_resurrect_session(app, call, store
         def get_cookie(self, name):
             return jar.cookies.get(name)
 
-        def clear_cookie(self, *a, **k):
+        def add_header(self, name, value):
+            assert name == "Set-Cookie"
+            assert is_deletion(value), "must not re-set the cookie of a destroyed session"
             self.cleared = True
-
-        def set_cookie(self, *a, **k):
-            raise AssertionError("must not re-set the cookie of a destroyed session")
 
     slow = Handler()
     session = await manager.load(slow)
     await call("POST", "logout")
     session["b"] = 2
     await manager.commit(slow, session)
+    assert slow.cleared
     assert await store.load(key) is None
-    assert not store._records
+    assert await store.live_keys() == []
 
 
 @pytest.mark.gen_test
@@ -429,10 +424,7 @@ async def test_destroy_user_sessions_ends_every_session_of_user(app, call, http_
     jars = [CookieJar() for _ in range(3)]
     for jar in jars:
         for op, body in (("set", {"x": 1}), ("login", {"user": "alice"})):
-            response = await http_client.fetch(
-                f"{base_url}/op/{op}", method="POST", body=json.dumps(body), headers=jar.header()
-            )
-            jar.update(response)
+            await Client(http_client, base_url, jar=jar).fetch(f"/op/{op}", "POST", json.dumps(body))
     await call("POST", "login", {"user": "bob"})
     assert await manager.destroy_user_sessions("alice") == 3
     for jar in jars:

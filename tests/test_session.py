@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sessions.session import FLASH_KEY, Session, dumps
+from sessions.session import FLASH_PREFIX, Session, dumps
 
 
 def new_session() -> Session:
@@ -309,7 +309,7 @@ def test_flashes_are_returned_only_once():
     session.flash("once")
     assert session.pop_flashes() == [("info", "once")]
     assert session.pop_flashes() == []
-    assert FLASH_KEY not in session
+    assert not any(name.startswith(FLASH_PREFIX) for name in session)
 
 
 def test_pop_flashes_with_no_messages_is_empty_and_changes_nothing():
@@ -343,8 +343,9 @@ def test_flash_is_shown_exactly_once_across_requests():
     post = new_session()
     post.flash("Saved!", "success")
     get = next_request(post)
+    [flash_key] = [name for name in get if name.startswith(FLASH_PREFIX)]
     assert get.pop_flashes() == [("success", "Saved!")]
-    assert get.changes() == ({}, [FLASH_KEY])  # the commit removes it from the store
+    assert get.changes() == ({}, [flash_key])  # the commit removes it from the store
     assert next_request(get).pop_flashes() == []
 
 
@@ -487,3 +488,48 @@ def test_all_items_equal_data_gives_equal_text():
 def test_all_items_parse_back_to_the_data():
     session = loaded_session({"a": [1, {"b": "c"}], "n": None})
     assert {k: json.loads(v) for k, v in session.all_items().items()} == dict(session)
+
+
+def test_each_flash_is_a_key_of_its_own_so_parallel_adds_do_not_collide():
+    session = new_session()
+    for i in range(50):
+        session.flash(f"m{i}")
+    names = [name for name in session if name.startswith(FLASH_PREFIX)]
+    assert len(set(names)) == 50
+    set_items, _ = session.changes()
+    assert set(set_items) == set(names)
+    assert [m for _, m in session.pop_flashes()] == [f"m{i}" for i in range(50)]  # queue order
+
+
+def test_flash_rejects_non_text():
+    session = new_session()
+    with pytest.raises(TypeError):
+        session.flash({"$gt": ""})  # type: ignore[arg-type]
+
+
+def test_drop_flashes_shows_only_what_the_store_handed_over():
+    post = new_session()
+    post.flash("a")
+    post.flash("b")
+    get = next_request(post)
+    stored, unsaved = get.flash_names()
+    assert unsaved == [] and len(stored) == 2
+    get.flash("added now")
+    _, unsaved = get.flash_names()
+    assert len(unsaved) == 1
+    # A parallel request took the first message; the store handed us only the second.
+    taken = {stored[1]: get.all_items()[stored[1]]}
+    assert get.drop_flashes(stored + unsaved, taken) == [("info", "b"), ("info", "added now")]
+    assert get.flash_names() == ([], [])
+    assert get.changes() == ({}, [])  # taken items are already gone from the store
+
+
+def test_meta_changes_are_tracked_and_cleared_on_destroy():
+    session = loaded_session({"a": 1})
+    assert session.meta == {} and not session.meta_changed
+    session.meta["ip"] = "203.0.113.5"
+    assert session.meta_changed
+    session.mark_saved("sid", "hashed-sid", session.all_items())
+    assert not session.meta_changed
+    session.destroy()
+    assert session.meta == {}
