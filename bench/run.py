@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import http.cookies
 import json
 import os
 import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from sessions.keys import KeyRing, generate_key  # noqa: E402
+from tests.support import cookies_from, free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
 WRK_SCRIPT = BENCH / "wrk.lua"
@@ -140,12 +139,6 @@ class Server:
         return ""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def pinned(cmd: list[str], core: int | None) -> list[str]:
     return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
@@ -231,13 +224,6 @@ def request(
         return resp.status, body, resp.headers.get_all("Set-Cookie") or []
     finally:
         conn.close()
-
-
-def cookies_from(set_cookie: list[str]) -> dict[str, str]:
-    jar: http.cookies.SimpleCookie = http.cookies.SimpleCookie()
-    for header in set_cookie:
-        jar.load(header)
-    return {name: morsel.value for name, morsel in jar.items()}
 
 
 def make_session(port: int) -> dict[str, str]:

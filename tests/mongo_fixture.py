@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from tests.support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_SOURCE = REPO_ROOT / "tests" / "mongo_server"
@@ -99,13 +100,6 @@ def build_mongo_server(*, go: str | None = None, cache_dir: Path | None = None) 
         if stale != binary:
             stale.unlink(missing_ok=True)
     return binary
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class MongoServerProcess:

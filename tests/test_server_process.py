@@ -15,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cookies_from, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
@@ -66,16 +62,6 @@ class Server:
             conn.close()
 
 
-def cookies_from(headers) -> dict[str, str]:
-    found = {}
-    for name, value in headers:
-        if name.lower() == "set-cookie":
-            pair = value.split(";", 1)[0]
-            key, _, val = pair.partition("=")
-            found[key] = val
-    return found
-
-
 @pytest.fixture(params=["sqlite", "mongo"])
 def store_args(request, tmp_path):
     if request.param == "sqlite":
@@ -116,12 +102,12 @@ def test_production_refuses_to_start_without_keys(tmp_path):
     server = Server(tmp_path, "--production")
     proc = subprocess.run(server.args, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
-    assert "SESSION_KEYS" in proc.stderr and "python -m sessions.keys" in proc.stderr
+    assert "SESSION_KEYS" in proc.stderr and "python -m sessions.keygen" in proc.stderr
     assert not (tmp_path / "dev-keys").exists()
 
 
 def test_production_starts_with_keys_and_oversized_body_is_413(tmp_path):
-    key = subprocess.run([sys.executable, "-m", "sessions.keys"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run([sys.executable, "-m", "sessions.keygen"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     server = Server(tmp_path, "--production", "--store", "memory://", env={"SESSION_KEYS": key}).start()
     try:
         status, headers, _ = server.request("GET", "/health")
