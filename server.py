@@ -3,7 +3,9 @@
     python server.py                      # embedded SQLite store in ./var, dev key generated
     python server.py --store memory://
     python server.py --store mongodb://127.0.0.1:27017/demo
-    SESSION_KEYS=... python server.py --production
+    python server.py --store redis://127.0.0.1:6379/0      (or redis+cluster://host:port)
+    python server.py --store postgresql://user@127.0.0.1:5432/db
+    SESSION_KEYS=... python server.py --production --trusted-proxy 127.0.0.1
 
 Every flag has an environment equivalent (see ``--help`` and the README).
 """
@@ -20,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tornado.httpserver
 import tornado.ioloop
 import tornado.web
 
 from handlers.counter import CounterAPI, CounterForm
+from handlers.errors import BodyLimitApplication, NotFoundHandler
 from handlers.health import HealthHandler, ReadyHandler
 from handlers.pages import FlashForm, HomeHandler
 from handlers.preferences import PreferencesAPI, ThemeForm
+from handlers.static import SecureStaticFileHandler
 from sessions import (
     CookieOptions,
     KeyRing,
@@ -39,11 +42,16 @@ from sessions import (
     load_key_ring,
     open_store,
 )
+from sessions.events import log_event
+from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
+from sessions.stores import store_schemes
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("demo")
 
-#: Largest request body the demo accepts; larger is a 413 before any handler runs.
+#: Largest request body the demo accepts; a larger Content-Length is a 413 (the app's
+#: error page) before the body is read. A chunked body that grows past it is cut off by
+#: Tornado with a bare 400.
 MAX_BODY_BYTES = 64 * 1024
 PRUNE_EVERY_SECONDS = 300
 
@@ -57,16 +65,19 @@ class DemoConfig:
     production: bool = False
     session_options: SessionOptions = field(default_factory=SessionOptions)
     debug: bool = False
+    #: TCP peers whose X-Forwarded-For / X-Forwarded-Proto count (none by default).
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 def session_options_for(production: bool) -> SessionOptions:
-    """Development: plain-HTTP friendly. Production: Secure ``__Host-`` cookies behind a TLS proxy."""
+    """Development: plain-HTTP friendly. Production: Secure ``__Host-`` cookies.
+
+    Whether a request is HTTPS comes from ``request.protocol`` alone: behind a TLS
+    proxy, list the proxy (``--trusted-proxy``), or every request looks like plain
+    HTTP and no Secure cookie is set.
+    """
     if production:
-        return SessionOptions(
-            cookie_name="sid",
-            cookie=CookieOptions(secure=True, host_prefix=True, samesite="Lax"),
-            trust_proxy=True,
-        )
+        return SessionOptions(cookie_name="sid", cookie=CookieOptions(secure=True, host_prefix=True, samesite="Lax"))
     return SessionOptions(cookie_name="sid", cookie=CookieOptions(samesite="Lax"))
 
 
@@ -84,19 +95,45 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         (r"/flash", FlashForm),
         (r"/preferences/theme", ThemeForm),
         (r"/ready", ReadyHandler),
+        (r"/(favicon\.ico)", SecureStaticFileHandler, {"path": str(ROOT / "static")}),
     ]
     app_settings: dict[str, Any] = dict(
         session_manager=manager,
         production=config.production,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
+        static_handler_class=SecureStaticFileHandler,
+        default_handler_class=NotFoundHandler,
+        max_body_bytes=MAX_BODY_BYTES,
         xsrf_cookies=True,
         xsrf_cookie_name="__Host-xsrf" if cookie.host_prefix else "_xsrf",
         xsrf_cookie_kwargs=xsrf_kwargs,
         debug=config.debug,
     )
     app_settings.update(settings)
-    return tornado.web.Application(routes, **app_settings)
+    return BodyLimitApplication(routes, **app_settings)
+
+
+def make_server(app: tornado.web.Application, config: DemoConfig) -> ProxyAwareHTTPServer:
+    """The HTTP server for ``app``: forwarded headers only from the trusted proxies.
+
+    Tornado's own ``max_body_size`` stays as a backstop for chunked bodies; the app
+    answers 413 for a too-large Content-Length before Tornado would see it.
+    """
+    return ProxyAwareHTTPServer(app, trusted_proxies=config.trusted_proxies, max_body_size=MAX_BODY_BYTES)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0700); warn if it exists wider open."""
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True)
+        path.chmod(0o700)
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log_event(
+            log, logging.WARNING, "data_dir_not_private", path=str(path), mode=oct(mode), fix=f"chmod 700 {path}"
+        )
 
 
 def _env_flag(name: str) -> bool:
@@ -116,8 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--store",
         default=env.get("SESSION_STORE") or env.get("MONGODB_URL"),
-        help="sqlite:///path, memory:// or mongodb://... [SESSION_STORE or MONGODB_URL]; "
-        "default: sqlite in the data directory",
+        help=f"store URL, scheme one of {', '.join(s + '://' for s in store_schemes())} "
+        "[SESSION_STORE or MONGODB_URL]; default: sqlite in the data directory",
+    )
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDR",
+        dest="trusted_proxies",
+        help="IP address of a reverse proxy whose X-Forwarded-For / X-Forwarded-Proto are "
+        "believed; repeat it or give a comma list [TRUSTED_PROXIES]; default: none. Behind a "
+        "TLS proxy, production mode needs it: requests otherwise look like plain HTTP and "
+        "get no Secure cookies",
     )
     parser.add_argument(
         "--production",
@@ -133,11 +180,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
     args = build_parser().parse_args(argv)
     if args.production and args.debug:
         raise SystemExit("--debug is not allowed with --production")
-    data_dir = Path(args.data_dir)
     try:
-        keys, source = load_key_ring(
-            os.environ.get("SESSION_KEYS"), key_file=data_dir / "dev-keys", production=args.production
-        )
+        trusted_proxies = parse_trusted_proxies(args.trusted_proxies or os.environ.get("TRUSTED_PROXIES"))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    data_dir = Path(args.data_dir)
+    env_keys = os.environ.get("SESSION_KEYS")
+    if not args.store or not (env_keys and env_keys.strip()) and not args.production:
+        ensure_private_dir(data_dir)  # the SQLite file or the development key lives there
+    try:
+        keys, source = load_key_ring(env_keys, key_file=data_dir / "dev-keys", production=args.production)
     except (MissingKeysError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
     store_url = args.store or f"sqlite:///{data_dir / 'sessions.sqlite3'}"
@@ -147,13 +199,21 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         store = open_store(store_url)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    log.info("keys from %s (ids %s); store %s", source, ",".join(keys.key_ids), store.name)
+    log.info("keys from %s (ids %s); store %s", source, ",".join(keys.key_ids), store.describe())
+    if trusted_proxies:
+        log.info("trusting X-Forwarded-For/-Proto from %s", ", ".join(trusted_proxies))
+    elif args.production:
+        log.warning(
+            "production mode with no --trusted-proxy: forwarded headers are ignored, so behind a "
+            "TLS proxy every request looks like plain HTTP and gets no Secure cookie"
+        )
     config = DemoConfig(
         keys=keys,
         store=store,
         production=args.production,
         session_options=session_options_for(args.production),
         debug=args.debug,
+        trusted_proxies=trusted_proxies,
     )
     return args, config
 
@@ -163,26 +223,31 @@ async def serve(args: argparse.Namespace, config: DemoConfig) -> None:
         await config.store.setup()
     except StoreError as exc:  # serve anyway: requests answer 503 until the store is back
         log.error("session store %s is not available yet: %s", config.store.name, exc)
-    mode = getattr(config.store, "expiry_mode_in_force", None)
-    if mode:
-        log.info("mongodb expiry mode in force: %s", mode)
+    log.info("session store: %s", config.store.describe())
     app = make_app(config)
-    server = tornado.httpserver.HTTPServer(
-        app, xheaders=config.session_options.trust_proxy, max_body_size=MAX_BODY_BYTES
-    )
+    server = make_server(app, config)
     server.listen(args.port, args.host)
-    prune = tornado.ioloop.PeriodicCallback(lambda: _prune(config.store), PRUNE_EVERY_SECONDS * 1000)
-    prune.start()
+    prune = start_prune_timer(config.store)
     print(f"tornado-sessions demo on http://{args.host}:{args.port}/ (store: {config.store.name})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    prune.stop()
+    if prune is not None:
+        prune.stop()
     server.stop()
     await server.close_all_connections()
     await config.store.close()
+
+
+def start_prune_timer(store: Store) -> tornado.ioloop.PeriodicCallback | None:
+    """Prune expired sessions every few minutes, for stores that do not expire them natively."""
+    if store.expires_natively:
+        return None
+    prune = tornado.ioloop.PeriodicCallback(lambda: _prune(store), PRUNE_EVERY_SECONDS * 1000)
+    prune.start()
+    return prune
 
 
 async def _prune(store: Store) -> None:

@@ -1,13 +1,23 @@
-"""What every demo handler shares: security headers and clean error pages."""
+"""What every demo handler shares: security headers and clean error pages.
+
+Every response the demo sends (pages, the JSON API, errors of any status, static
+files, redirects, unknown URLs) comes from a handler built on
+:class:`SecureHeadersMixin`, so it carries the same security headers and no
+``Server`` banner, and its errors are the app's own page (JSON under ``/api/``)
+that needs neither a session nor a preferences cookie to render.
+"""
 
 from __future__ import annotations
 
 import logging
+from types import TracebackType
 from typing import Any
 
+from tornado.escape import xhtml_escape
 from tornado.web import HTTPError, RequestHandler
 
 from sessions import SessionMixin
+from sessions.events import event_line, log_event
 
 log = logging.getLogger("demo")
 
@@ -22,40 +32,94 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+HSTS = "max-age=31536000; includeSubDomains"
+#: The theme of pages rendered without reading the preferences cookie (errors).
+DEFAULT_THEME = "light"
+
+
+def http_error_message(exc: BaseException | None) -> str | None:
+    """The text of an ``HTTPError``'s log message with its arguments applied."""
+    if not isinstance(exc, HTTPError) or not exc.log_message:
+        return None
+    try:
+        return exc.log_message % tuple(exc.args) if exc.args else exc.log_message.replace("%%", "%")
+    except (TypeError, ValueError):
+        return exc.log_message
 
 
 class SecureHeadersMixin(RequestHandler):
+    #: True while the error page renders: templates must not read cookies then.
+    rendering_error_page = False
+
     def set_default_headers(self) -> None:
         self.clear_header("Server")
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
         if self.settings.get("production"):
-            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+            self.set_header("Strict-Transport-Security", HSTS)
 
     def wants_json(self) -> bool:
         return self.request.path.startswith("/api/") or "application/json" in self.request.headers.get(
             "Accept", ""
         )
 
+    def depends_on_cookies(self) -> None:
+        """This response is built from the request's cookies: no shared cache may keep it."""
+        self.set_header("Cache-Control", "no-store")
+        vary = self._headers.get("Vary")
+        if vary is None:
+            self.set_header("Vary", "Cookie")
+        elif "cookie" not in vary.lower():
+            self.set_header("Vary", f"{vary}, Cookie")
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace["theme"] = DEFAULT_THEME
+        return namespace
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """JSON for the API, a small HTML page otherwise; never a traceback."""
+        """JSON for the API, a small HTML page otherwise; never a traceback.
+
+        The page is rendered from the status alone (no session, no preferences), so an
+        error raised while loading either still gets it.
+        """
         reason = self._reason
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else reason
+        message = http_error_message(kwargs.get("exc_info", (None, None, None))[1]) or reason
         if status_code >= 500:
             message = reason  # internal details stay in the log
         if status_code == 503:
             self.set_header("Retry-After", "5")
+        self.set_header("Cache-Control", "no-store")
         if self.wants_json():
             self.finish({"error": reason, "status": status_code, "message": message})
-        else:
-            self.render("error.html", status=status_code, reason=reason, message=message)
+            return
+        self.rendering_error_page = True
+        try:
+            page = self.render_string(
+                "error.html", status=status_code, reason=reason, message=message, theme=DEFAULT_THEME
+            )
+        except Exception:  # a broken template must not turn an error into a traceback page
+            log.exception("error page failed to render")
+            page = f"<!doctype html><title>{status_code}</title><h1>{status_code} {xhtml_escape(reason)}</h1>".encode()
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(page)
+
+    def log_exception(
+        self,
+        typ: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """One JSON line per error: client-controlled values (path, messages) are quoted."""
+        request = self.request
+        fields = {"method": request.method, "path": request.path, "remote": request.remote_ip}
+        if isinstance(value, HTTPError):
+            if value.log_message:
+                level = logging.WARNING if value.status_code < 500 else logging.ERROR
+                log_event(log, level, "http_error", status=value.status_code, message=http_error_message(value), **fields)
+            return
+        log.error("%s", event_line("uncaught_exception", error=repr(value), **fields), exc_info=(typ, value, tb))  # type: ignore[arg-type]
 
 
 class BaseHandler(SecureHeadersMixin, SessionMixin):
     """Demo pages and API calls: a session on demand, security headers, clean errors."""
-
-    def get_template_namespace(self) -> dict[str, Any]:
-        namespace = super().get_template_namespace()
-        namespace["theme"] = "light"
-        return namespace

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from tornado.web import RequestHandler
 
 from sessions import StoreError
+from sessions.events import log_event
 
 from .base import SecureHeadersMixin, log
 
@@ -21,13 +24,16 @@ class HealthHandler(SecureHeadersMixin, RequestHandler):
 class ReadyHandler(SecureHeadersMixin, RequestHandler):
     """200 when the session store answers, 503 otherwise (for load balancers)."""
 
+    def check_xsrf_cookie(self) -> None:  # nothing here changes state
+        pass
+
     async def get(self) -> None:
         store = self.settings["session_manager"].store
         self.set_header("Cache-Control", "no-store")
         try:
             await store.ping()
         except StoreError as exc:
-            log.warning("readiness: store %s not ready: %s", store.name, exc)
+            log_event(log, logging.WARNING, "store_not_ready", store=store.name, error=str(exc))
             self.set_status(503)
             self.write({"status": "unavailable", "store": store.name})
             return

@@ -13,7 +13,7 @@ CATEGORIES = ("info", "success", "warning")
 class HomeHandler(PreferencesMixin):
     async def get(self) -> None:
         session = await self.get_session()
-        flashes = session.pop_flashes()
+        flashes = await self.pop_flashes()
         self.render(
             "home.html",
             count=session.get("count", 0),

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import json
+import logging
+from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
 from tornado.web import HTTPError
 
 from sessions import CookieOptions
+from sessions.events import log_event
 
 from .base import BaseHandler, log
 
 COOKIE_NAME = "prefs"
 #: A year: preferences outlive sessions.
-COOKIE_OPTIONS = CookieOptions(max_age=365 * 24 * 3600, httponly=True, samesite="Lax")
+COOKIE_MAX_AGE = 365 * 24 * 3600
+
+
+@lru_cache(maxsize=8)
+def cookie_options_for(session_cookie: CookieOptions) -> CookieOptions:
+    """The preferences cookie follows the session cookie's policy (Secure, ``__Host-``,
+    SameSite, path, domain) and lives a year."""
+    return session_cookie.with_(max_age=COOKIE_MAX_AGE, httponly=True)
+
+
+#: The development policy (the production one adds Secure and ``__Host-``).
+COOKIE_OPTIONS = cookie_options_for(CookieOptions(samesite="Lax"))
 DEFAULTS: dict[str, str] = {"theme": "light", "language": "en", "timezone": "UTC"}
 THEMES = ("light", "dark")
 _LANGUAGE_MAX = 16
@@ -45,28 +59,47 @@ def validate(update: Any) -> dict[str, str]:
 class PreferencesMixin(BaseHandler):
     _preferences: dict[str, str] | None = None
 
+    @property
+    def preferences_cookie(self) -> CookieOptions:
+        return cookie_options_for(self.session_manager.options.cookie)
+
     def get_preferences(self) -> dict[str, str]:
         """Defaults overlaid with the cookie's values (opened once per request)."""
         if self._preferences is None:
-            stored = self.get_sealed_cookie(COOKIE_NAME, COOKIE_OPTIONS)
+            self.depends_on_cookies()
+            stored = self.get_sealed_cookie(COOKIE_NAME, self.preferences_cookie)
             prefs = dict(DEFAULTS)
             if isinstance(stored, dict):
                 try:
                     prefs.update(validate(stored))
-                except HTTPError:
-                    log.warning("ignoring invalid stored preferences")
+                except HTTPError as exc:
+                    log_event(log, logging.WARNING, "preferences_ignored", reason=exc.log_message)
             self._preferences = prefs
         return dict(self._preferences)
 
     def save_preferences(self, update: Any) -> dict[str, str]:
         prefs = {**self.get_preferences(), **validate(update)}
-        self.set_sealed_cookie(COOKIE_NAME, prefs, COOKIE_OPTIONS)
+        options = self.preferences_cookie
+        if options.effective_secure and self.request.protocol != "https":
+            # A browser drops a Secure cookie set over plain HTTP: setting it would only
+            # pretend. Behind a TLS proxy, list the proxy (--trusted-proxy).
+            log_event(
+                log,
+                logging.WARNING,
+                "cookie_not_set",
+                cookie=options.full_name(COOKIE_NAME),
+                reason="secure cookie on a plain-http request",
+                remote=self.request.remote_ip,
+            )
+        else:
+            self.set_sealed_cookie(COOKIE_NAME, prefs, options)
         self._preferences = prefs
         return dict(prefs)
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
-        namespace["theme"] = self.get_preferences()["theme"]
+        if not self.rendering_error_page:
+            namespace["theme"] = self.get_preferences()["theme"]
         return namespace
 
 

@@ -3,5 +3,5 @@
 # Extra arguments go to server.py, e.g. --port 9000 or --store memory://
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/bootstrap.sh "mongo,demo"
+source scripts/bootstrap.sh "mongo,redis,postgres,demo"
 exec .venv/bin/python server.py "$@"

@@ -13,19 +13,30 @@ import uuid
 
 import pytest
 
-from server import DemoConfig, make_app, session_options_for
-from sessions import KeyRing, generate_key
 from sessions.stores.memory import MemoryStore
 from sessions.stores.sqlite import SQLiteStore
-from tests.helpers import CookieJar, set_cookie_headers
+from tests.demo_fixtures import demo_app_fixtures
+from tests.support import Client, set_cookie_headers
 
 
-@pytest.fixture(params=["memory", "sqlite", "mongo"])
+@pytest.fixture(params=["memory", "sqlite", "mongo", "redis", "postgres"])
 def demo_store(request, tmp_path, io_loop):
     if request.param == "memory":
         store = MemoryStore()
     elif request.param == "sqlite":
         store = SQLiteStore(tmp_path / "demo.db")
+    elif request.param == "redis":
+        from sessions.stores.redis import RedisStore
+
+        store = RedisStore(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+    elif request.param == "postgres":
+        from sessions.stores.postgres import PostgresStore
+
+        store = PostgresStore(
+            request.getfixturevalue("postgres_url"),
+            schema=request.getfixturevalue("postgres_schema"),
+            table=request.getfixturevalue("postgres_table"),
+        )
     else:
         from sessions.stores.mongo import MongoStore
 
@@ -35,46 +46,7 @@ def demo_store(request, tmp_path, io_loop):
     io_loop.run_sync(store.close)
 
 
-@pytest.fixture
-def production():
-    return False
-
-
-@pytest.fixture
-def app(demo_store, production):
-    keys = KeyRing.from_text(generate_key())
-    config = DemoConfig(
-        keys=keys, store=demo_store, production=production, session_options=session_options_for(production)
-    )
-    return make_app(config)
-
-
-class Client:
-    """A browser-ish client: keeps cookies, echoes the XSRF token on unsafe calls."""
-
-    def __init__(self, http_client, base_url, *, headers=None):
-        self.http, self.base, self.jar = http_client, base_url, CookieJar()
-        self.extra = headers or {}
-
-    async def fetch(self, path, method="GET", body=None, *, headers=None, xsrf=True, follow=True):
-        all_headers = {**self.extra, **self.jar.header(), **(headers or {})}
-        token = self.jar.cookies.get("_xsrf") or self.jar.cookies.get("__Host-xsrf")
-        if xsrf and method not in ("GET", "HEAD") and token:
-            all_headers.setdefault("X-XSRFToken", token)
-        if method in ("POST", "PUT") and body is None:
-            body = ""
-        response = await self.http.fetch(
-            self.base + path,
-            method=method,
-            body=body,
-            headers=all_headers,
-            raise_error=False,
-            follow_redirects=False,
-        )
-        self.jar.update(response)
-        if follow and response.code in (301, 302, 303):
-            return await self.fetch(response.headers["Location"])
-        return response
+app, http_server = demo_app_fixtures()
 
 
 @pytest.fixture
@@ -131,7 +103,10 @@ async def test_session_cookie_attributes_in_development(client):
 
 @pytest.mark.gen_test
 @pytest.mark.parametrize("production", [True])
-async def test_session_cookie_is_secure_host_prefixed_in_production(http_client, base_url, app, production):
+@pytest.mark.parametrize("trusted_proxies", [["127.0.0.1"]])  # the test client plays the TLS proxy
+async def test_session_cookie_is_secure_host_prefixed_in_production(
+    http_client, base_url, app, production, trusted_proxies
+):
     client = Client(http_client, base_url, headers={"X-Forwarded-Proto": "https"})
     first = await client.fetch("/api/counter")
     [xsrf] = set_cookie_headers(first, "__Host-xsrf")

@@ -1,0 +1,70 @@
+"""Fixtures for tests of the demo app through the real server class (a pytest plugin,
+registered in tests/conftest.py).
+
+A test module supplies ``demo_store`` and takes pytest-tornado's ``app`` and
+``http_server`` from here with ``app, http_server = demo_app_fixtures()``;
+``production``, ``trusted_proxies`` and ``app_settings`` are overridden per test with
+``pytest.mark.parametrize``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server import DemoConfig, make_app, make_server, session_options_for
+from sessions import KeyRing, generate_key
+from tests.support import serve_on
+
+
+def demo_app_fixtures() -> tuple[Any, Any]:
+    """pytest-tornado's ``app`` and ``http_server`` fixtures, as the demo app on its real server."""
+
+    @pytest.fixture
+    def app(demo_app):
+        return demo_app
+
+    @pytest.fixture
+    def http_server(demo_server):
+        return demo_server
+
+    return app, http_server
+
+
+@pytest.fixture
+def production():
+    return False
+
+
+@pytest.fixture
+def trusted_proxies():
+    return []
+
+
+@pytest.fixture
+def app_settings():
+    """Extra Application settings for make_app (e.g. serve_traceback)."""
+    return {}
+
+
+@pytest.fixture
+def demo_config(demo_store, production, trusted_proxies):
+    return DemoConfig(
+        keys=KeyRing.from_text(generate_key()),
+        store=demo_store,
+        production=production,
+        session_options=session_options_for(production),
+        trusted_proxies=trusted_proxies,
+    )
+
+
+@pytest.fixture
+def demo_app(demo_config, app_settings):
+    return make_app(demo_config, **app_settings)
+
+
+@pytest.fixture
+def demo_server(request, io_loop, _unused_port, demo_app, demo_config):
+    """server.py's own server class (trusted proxies, body limit), not pytest-tornado's plain one."""
+    return serve_on(request, io_loop, _unused_port, make_server(demo_app, demo_config))
