@@ -301,3 +301,69 @@ def test_register_store_adds_a_scheme():
     assert made == [("test-only://x", "salted")]
     with pytest.raises(ValueError, match="no option 'spice'"):
         open_store("test-only://x", spice=1)
+
+
+# -- the commit starts eagerly ----------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_the_commit_runs_inside_a_task_so_drivers_timeouts_work():
+    """redis-py and others wrap calls in asyncio.timeout(), which needs a current Task."""
+    from sessions.tornado import start_eagerly
+
+    seen = []
+
+    async def commit_like_a_driver():
+        async with asyncio.timeout(5):
+            seen.append(asyncio.current_task() is not None)
+            await asyncio.sleep(0)
+
+    await start_eagerly(commit_like_a_driver())
+    assert seen == [True]
+
+
+@pytest.mark.gen_test
+async def test_start_eagerly_continues_work_that_waits_and_passes_results_and_errors():
+    from sessions.tornado import start_eagerly
+
+    steps = []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def slow():
+        steps.append("started")
+        value = await gate
+        steps.append(value)
+        await asyncio.sleep(0)
+        steps.append("after yield")
+        raise ValueError("boom")
+
+    future = start_eagerly(slow())
+    await asyncio.sleep(0)  # 3.11: a Task, started on the next loop turn; 3.12+: already running
+    assert steps == ["started"] and not future.done()
+    gate.set_result("resumed")
+    with pytest.raises(ValueError, match="boom"):
+        await future
+    assert steps == ["started", "resumed", "after yield"]
+
+    async def fails_at_once():
+        raise KeyError("now")
+
+    with pytest.raises(KeyError):
+        await start_eagerly(fails_at_once())
+
+
+@pytest.mark.gen_test
+async def test_a_waiting_commit_still_precedes_the_response(http_client, base_url, app):
+    """SQLite's commit waits on its worker thread: the redirect must still find the session."""
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    store = SQLiteStore(f"{tmp}/s.db")
+    app.settings["session_manager"].store = store
+    client = Client(http_client, base_url)
+    try:
+        for i in range(5):
+            await client.fetch("/op/set", "POST", json.dumps({f"k{i}": i}))
+        assert body(await client.fetch("/op/read"))["data"] == {f"k{i}": i for i in range(5)}
+    finally:
+        await store.close()
