@@ -17,14 +17,35 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tornado.ioloop
+import tornado.netutil
+import tornado.process
 import tornado.web
 
+from accounts.passwords import DEFAULT_COST, PasswordHasher
+from accounts.ratelimit import Limit, RateLimiter
+from accounts.service import Accounts
+from accounts.users import open_user_repository
+from handlers import metrics
+from handlers.account_base import AuthSettings
+from handlers.auth_api import (
+    FlashAPI,
+    LoginAPI,
+    LogoutAllAPI,
+    LogoutAPI,
+    PasswordAPI,
+    ProfileAPI,
+    RegisterAPI,
+    SessionAPI,
+    SessionsAPI,
+)
 from handlers.counter import CounterAPI, CounterForm
 from handlers.errors import BodyLimitApplication, NotFoundHandler
 from handlers.health import HealthHandler, ReadyHandler
@@ -67,6 +88,26 @@ class DemoConfig:
     debug: bool = False
     #: TCP peers whose X-Forwarded-For / X-Forwarded-Proto count (none by default).
     trusted_proxies: list[str] = field(default_factory=list)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    #: bcrypt work factor: 12 takes about a quarter second per hash (tests use 4).
+    bcrypt_cost: int = DEFAULT_COST
+    login_limit_address: Limit = field(default_factory=lambda: Limit(20, 300))
+    login_limit_account: Limit = field(default_factory=lambda: Limit(5, 900))
+    register_limit_address: Limit = field(default_factory=lambda: Limit(5, 3600))
+    #: Built from the fields above by make_app unless given.
+    accounts: Accounts | None = None
+
+    def build_accounts(self) -> Accounts:
+        if self.accounts is None:
+            self.accounts = Accounts(
+                open_user_repository(self.store),
+                PasswordHasher(self.bcrypt_cost),
+                RateLimiter(
+                    self.store, "login", per_address=self.login_limit_address, per_account=self.login_limit_account
+                ),
+                RateLimiter(self.store, "register", per_address=self.register_limit_address),
+            )
+        return self.accounts
 
 
 def session_options_for(production: bool) -> SessionOptions:
@@ -90,6 +131,16 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         (r"/api/counter", CounterAPI),
         (r"/api/preferences", PreferencesAPI),
         (r"/health", HealthHandler),
+        (r"/auth/login", LoginAPI),
+        (r"/auth/profile", ProfileAPI),
+        (r"/auth/register", RegisterAPI),
+        (r"/auth/logout", LogoutAPI),
+        (r"/auth/logout-all", LogoutAllAPI),
+        (r"/auth/password", PasswordAPI),
+        (r"/auth/sessions", SessionsAPI),
+        (r"/auth/sessions/([0-9a-f]{24})", SessionAPI),
+        (r"/api/flash", FlashAPI),
+        (r"/metrics", metrics.MetricsHandler),
         (r"/", HomeHandler),
         (r"/counter", CounterForm),
         (r"/flash", FlashForm),
@@ -99,6 +150,9 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
     ]
     app_settings: dict[str, Any] = dict(
         session_manager=manager,
+        accounts=config.build_accounts(),
+        auth=config.auth,
+        log_function=metrics.observe_request,
         production=config.production,
         template_path=str(ROOT / "templates"),
         static_path=str(ROOT / "static"),
@@ -173,6 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="strict mode: SESSION_KEYS required, Secure __Host- cookies [PRODUCTION=1]",
     )
     parser.add_argument("--debug", action="store_true", default=_env_flag("DEBUG"), help="Tornado debug mode [DEBUG=1]")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=int(env.get("PROCESSES", "1")),
+        help="worker processes on one port (0: one per core); state is shared through the store [PROCESSES]",
+    )
+    parser.add_argument(
+        "--bcrypt-cost", type=int, default=int(env.get("BCRYPT_COST", str(DEFAULT_COST))),
+        help=f"bcrypt work factor [BCRYPT_COST]; default {DEFAULT_COST}",
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=int(env.get("MAX_SESSIONS", "10")),
+        help="concurrent sessions per user; a login beyond it ends the oldest [MAX_SESSIONS]",
+    )
+    parser.add_argument(
+        "--bind-ip", action="store_true", default=_env_flag("BIND_IP"),
+        help="end a session when its client address changes (breaks on mobile networks) [BIND_IP=1]",
+    )
+    parser.add_argument(
+        "--login-limit", default=env.get("LOGIN_LIMIT", "20/300"), metavar="HITS/SECONDS",
+        help="login attempts per client address [LOGIN_LIMIT]",
+    )
+    parser.add_argument(
+        "--login-account-limit", default=env.get("LOGIN_ACCOUNT_LIMIT", "5/900"), metavar="HITS/SECONDS",
+        help="login attempts per account [LOGIN_ACCOUNT_LIMIT]",
+    )
+    parser.add_argument(
+        "--register-limit", default=env.get("REGISTER_LIMIT", "5/3600"), metavar="HITS/SECONDS",
+        help="sign-ups per client address [REGISTER_LIMIT]",
+    )
     return parser
 
 
@@ -180,6 +264,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
     args = build_parser().parse_args(argv)
     if args.production and args.debug:
         raise SystemExit("--debug is not allowed with --production")
+    if args.processes < 0:
+        raise SystemExit("error: --processes must be 0 (one per core) or more")
+    if not 4 <= args.bcrypt_cost <= 31:
+        raise SystemExit("error: --bcrypt-cost must be between 4 and 31")
+    if args.max_sessions < 1:
+        raise SystemExit("error: --max-sessions must be at least 1")
+    try:
+        limits = [Limit.parse(text) for text in (args.login_limit, args.login_account_limit, args.register_limit)]
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     try:
         trusted_proxies = parse_trusted_proxies(args.trusted_proxies or os.environ.get("TRUSTED_PROXIES"))
     except ValueError as exc:
@@ -214,19 +308,29 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         session_options=session_options_for(args.production),
         debug=args.debug,
         trusted_proxies=trusted_proxies,
+        auth=AuthSettings(max_sessions=args.max_sessions, bind_ip=args.bind_ip),
+        bcrypt_cost=args.bcrypt_cost,
+        login_limit_address=limits[0],
+        login_limit_account=limits[1],
+        register_limit_address=limits[2],
     )
     return args, config
 
 
-async def serve(args: argparse.Namespace, config: DemoConfig) -> None:
+async def serve(args: argparse.Namespace, config: DemoConfig, sockets: list[socket.socket] | None = None) -> None:
+    accounts = config.build_accounts()
     try:
         await config.store.setup()
+        await accounts.users.setup()
     except StoreError as exc:  # serve anyway: requests answer 503 until the store is back
         log.error("session store %s is not available yet: %s", config.store.name, exc)
     log.info("session store: %s", config.store.describe())
     app = make_app(config)
     server = make_server(app, config)
-    server.listen(args.port, args.host)
+    if sockets is None:
+        server.listen(args.port, args.host)
+    else:
+        server.add_sockets(sockets)
     prune = start_prune_timer(config.store)
     print(f"tornado-sessions demo on http://{args.host}:{args.port}/ (store: {config.store.name})", flush=True)
     stop = asyncio.Event()
@@ -238,6 +342,8 @@ async def serve(args: argparse.Namespace, config: DemoConfig) -> None:
         prune.stop()
     server.stop()
     await server.close_all_connections()
+    accounts.hasher.close()
+    await accounts.users.close()
     await config.store.close()
 
 
@@ -263,8 +369,33 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    args = build_parser().parse_args(argv)
+    processes = args.processes if args.processes != 0 else (os.cpu_count() or 1)
+    if processes == 1:
+        metrics.configure()
+        args, config = parse_config(argv)
+        asyncio.run(serve(args, config))
+        return
+    scheme = (args.store or "sqlite:").partition(":")[0].lower()
+    if scheme == "memory":
+        raise SystemExit(
+            "error: the memory store keeps sessions inside one process; with --processes "
+            f"{args.processes} each worker would have its own. Use sqlite:// (the default) or a server store."
+        )
+    parse_config(argv)  # refuse bad flags and keys in the parent (stores connect lazily: nothing to fork)
+    # Workers share one listening socket (bound before the fork) and the store; metrics
+    # go through files that every worker writes and /metrics adds up.
+    metrics_dir = tempfile.mkdtemp(prefix="tornado-sessions-metrics-")
+    metrics.configure(metrics_dir)
+    sockets = tornado.netutil.bind_sockets(args.port, args.host)
+    try:
+        tornado.process.fork_processes(processes)
+    except KeyboardInterrupt:  # pragma: no cover - the parent on Ctrl-C
+        return
+    # In a worker: open the store (its connections and threads) only now, after the fork.
     args, config = parse_config(argv)
-    asyncio.run(serve(args, config))
+    log.info("worker %d of %d (pid %d)", tornado.process.task_id(), processes, os.getpid())
+    asyncio.run(serve(args, config, sockets))
 
 
 if __name__ == "__main__":

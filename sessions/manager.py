@@ -309,6 +309,7 @@ class SessionManager:
     # -- user-wide operations ----------------------------------------------------
     async def destroy_user_sessions(self, user_id: str, *, keep: Session | None = None) -> int:
         """End every session of a user ("log out everywhere", password change)."""
-        count = await self.store.destroy_user(user_id, keep=keep.key if keep else None)
+        # "is not None": a Session is a mapping, and an empty one is falsy.
+        count = await self.store.destroy_user(user_id, keep=keep.key if keep is not None else None)
         log_event(audit_log, logging.INFO, "user_sessions_destroyed", user=user_id, count=count)
         return count

@@ -17,6 +17,39 @@ from server import DemoConfig, make_app, make_server, session_options_for
 from sessions import KeyRing, generate_key
 from tests.support import serve_on
 
+STORE_KINDS = ["memory", "sqlite", "mongo", "redis", "postgres"]
+
+
+def open_demo_store(kind: str, request: Any, tmp_path: Any) -> Any:
+    """A fresh, empty store of this kind for one test (servers from the store fixtures)."""
+    if kind == "memory":
+        from sessions.stores.memory import MemoryStore
+
+        return MemoryStore()
+    if kind == "sqlite":
+        from sessions.stores.sqlite import SQLiteStore
+
+        return SQLiteStore(tmp_path / "demo.db")
+    if kind == "redis":
+        from sessions.stores.redis import RedisStore
+
+        return RedisStore(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
+    if kind == "postgres":
+        from sessions.stores.postgres import PostgresStore
+
+        return PostgresStore(
+            request.getfixturevalue("postgres_url"),
+            schema=request.getfixturevalue("postgres_schema"),
+            table=request.getfixturevalue("postgres_table"),
+        )
+    if kind == "mongo":
+        import uuid
+
+        from sessions.stores.mongo import MongoStore
+
+        return MongoStore(request.getfixturevalue("mongo_url"), database=f"demo_{uuid.uuid4().hex[:12]}")
+    raise ValueError(kind)
+
 
 def demo_app_fixtures() -> tuple[Any, Any]:
     """pytest-tornado's ``app`` and ``http_server`` fixtures, as the demo app on its real server."""
@@ -56,6 +89,7 @@ def demo_config(demo_store, production, trusted_proxies):
         production=production,
         session_options=session_options_for(production),
         trusted_proxies=trusted_proxies,
+        bcrypt_cost=4,  # the real algorithm, at its cheapest cost: tests stay fast
     )
 
 

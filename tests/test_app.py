@@ -9,39 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 
 import pytest
 
-from sessions.stores.memory import MemoryStore
-from sessions.stores.sqlite import SQLiteStore
-from tests.demo_fixtures import demo_app_fixtures
+from tests.demo_fixtures import STORE_KINDS, demo_app_fixtures, open_demo_store
 from tests.support import Client, set_cookie_headers
 
 
-@pytest.fixture(params=["memory", "sqlite", "mongo", "redis", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def demo_store(request, tmp_path, io_loop):
-    if request.param == "memory":
-        store = MemoryStore()
-    elif request.param == "sqlite":
-        store = SQLiteStore(tmp_path / "demo.db")
-    elif request.param == "redis":
-        from sessions.stores.redis import RedisStore
-
-        store = RedisStore(request.getfixturevalue("redis_url"), prefix=request.getfixturevalue("redis_prefix"))
-    elif request.param == "postgres":
-        from sessions.stores.postgres import PostgresStore
-
-        store = PostgresStore(
-            request.getfixturevalue("postgres_url"),
-            schema=request.getfixturevalue("postgres_schema"),
-            table=request.getfixturevalue("postgres_table"),
-        )
-    else:
-        from sessions.stores.mongo import MongoStore
-
-        url = request.getfixturevalue("mongo_url")
-        store = MongoStore(url, database=f"demo_{uuid.uuid4().hex[:12]}")
+    store = open_demo_store(request.param, request, tmp_path)
     yield store
     io_loop.run_sync(store.close)
 

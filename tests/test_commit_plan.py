@@ -367,3 +367,18 @@ async def test_a_waiting_commit_still_precedes_the_response(http_client, base_ur
         assert body(await client.fetch("/op/read"))["data"] == {f"k{i}": i for i in range(5)}
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test
+async def test_destroy_user_sessions_keeps_an_empty_looking_session(app, client, store):
+    """A logged-in session with no data keys is a falsy mapping: it must still be kept."""
+    await client.fetch("/op/login", "POST", json.dumps({"user": "zoe"}))
+    other = Client(client.http, client.base)
+    await other.fetch("/op/login", "POST", json.dumps({"user": "zoe"}))
+    manager = app.settings["session_manager"]
+    sid = manager.keys.open(client.jar.cookies["sid"], "sid").decode()
+    session = await manager.load(type("H", (), {"get_cookie": lambda self, n: client.jar.cookies.get(n),
+                                                "request": type("R", (), {"remote_ip": "127.0.0.1"})()})())
+    assert len(session) == 0 and not session and session.id == sid
+    assert await manager.destroy_user_sessions("zoe", keep=session) == 1
+    assert [k for k, _ in await store.list_user("zoe")] == [session.key]

@@ -85,8 +85,10 @@ class _Worker:
         #: instead of waiting behind the stop for a thread that is gone.
         self.closing = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
+        #: Started on the first call, so that building a store (before a fork, say)
+        #: starts no thread and opens no file.
+        self._thread: threading.Thread | None = None
+        self._name = name
 
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -94,6 +96,9 @@ class _Worker:
         if self.closing:
             future.set_exception(sqlite3.ProgrammingError("the store is closed"))
             return future
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
+            self._thread.start()
         self._queue.put((fn, future, loop, write))
         return future
 
@@ -172,8 +177,9 @@ class _Worker:
         return results
 
     def stop(self) -> None:
-        self._queue.put(self._STOP)
-        self._thread.join()
+        if self._thread is not None:
+            self._queue.put(self._STOP)
+            self._thread.join()
 
 
 def _deliver(outcomes: list[_Outcome]) -> None:

@@ -1,0 +1,1 @@
+"""One user backend per session store kind, each in its own module."""

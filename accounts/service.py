@@ -1,0 +1,117 @@
+"""Account operations shared by the JSON API and the HTML pages.
+
+The handlers parse and validate input, then call these; one code path decides who
+may register, log in or change a password, so the two front ends cannot drift.
+Every failure is an :class:`AccountError` carrying the HTTP status and a message
+fit for the user; the rules that matter for security are here:
+
+* an unknown email and a wrong password give the same error, after the same work
+  (a bcrypt check against a dummy hash when there is no such user);
+* every attempt is counted before any password is checked, per client address and
+  per account, in the store that all processes share;
+* a new password must meet the policy; the current one is asked for to change it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .passwords import PasswordHasher, PasswordPolicyError, check_policy
+from .ratelimit import Decision, RateLimiter
+from .users import (
+    EmailTaken,
+    InvalidUserInput,
+    User,
+    UserRepository,
+    clean_name,
+    new_user_id,
+    normalize_email,
+)
+
+BAD_CREDENTIALS = "email or password is incorrect"
+
+
+class AccountError(Exception):
+    """A refused account operation: HTTP status, a message for the user, the field at fault."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None, limit: Decision | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.limit = limit
+
+
+@dataclass
+class Accounts:
+    users: UserRepository
+    hasher: PasswordHasher
+    login_limiter: RateLimiter
+    register_limiter: RateLimiter
+
+    async def register(self, email: str, name: str, password: str, address: str) -> User:
+        decision = await self.register_limiter.attempt(address)
+        if not decision.allowed:
+            raise AccountError(429, "too many sign-ups from this address; try again later", limit=decision)
+        try:
+            email = normalize_email(email)
+        except InvalidUserInput as exc:
+            raise AccountError(400, str(exc), field="email") from None
+        try:
+            name = clean_name(name)
+        except InvalidUserInput as exc:
+            raise AccountError(400, str(exc), field="name") from None
+        try:
+            check_policy(password)
+        except PasswordPolicyError as exc:
+            raise AccountError(400, str(exc), field="password") from None
+        user = User(new_user_id(), email, name, await self.hasher.hash(password), time.time())
+        try:
+            await self.users.add(user)
+        except EmailTaken:
+            raise AccountError(409, "an account with this email exists already", field="email") from None
+        return user
+
+    async def authenticate(self, email: str, password: str, address: str) -> tuple[User, Decision]:
+        """The user, or AccountError(401) for an unknown email or a wrong password alike."""
+        try:
+            normal = normalize_email(email)
+        except InvalidUserInput:
+            normal = None
+        decision = await self.login_limiter.attempt(address, normal or email.strip().lower())
+        if not decision.allowed:
+            raise AccountError(429, "too many login attempts; try again later", limit=decision)
+        user = await self.users.by_email(normal) if normal else None
+        if not await self.hasher.verify(password, user.password_hash if user else None) or user is None:
+            raise AccountError(401, BAD_CREDENTIALS, limit=decision)
+        await self.login_limiter.succeeded(normal or "")
+        return user, decision
+
+    async def verify_password(self, user: User, password: str) -> bool:
+        return await self.hasher.verify(password, user.password_hash)
+
+    async def change_password(self, user: User, current: str, new: str) -> User:
+        if not await self.hasher.verify(current, user.password_hash):
+            raise AccountError(403, "the current password is incorrect", field="current")
+        try:
+            check_policy(new)
+        except PasswordPolicyError as exc:
+            raise AccountError(400, str(exc), field="new") from None
+        version = await self.users.set_password(user.id, await self.hasher.hash(new))
+        if version is None:
+            raise AccountError(404, "no such user")
+        refreshed = await self.users.by_id(user.id)
+        assert refreshed is not None
+        return refreshed
+
+    async def rename(self, user: User, name: str) -> User:
+        try:
+            name = clean_name(name)
+        except InvalidUserInput as exc:
+            raise AccountError(400, str(exc), field="name") from None
+        await self.users.set_name(user.id, name)
+        refreshed = await self.users.by_id(user.id)
+        if refreshed is None:
+            raise AccountError(404, "no such user")
+        return refreshed
