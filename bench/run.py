@@ -127,7 +127,17 @@ def workloads() -> list[Workload]:
         ),
         app("sqlite_write", f"SQLite store, session write (POST {api})", "sqlite", "POST", "bare_write"),
         *login_workloads(),
+        *[
+            app(f"{server}_{kind}", f"{label} store, session {kind} ({method} {api})", server, method, f"bare_{kind}")
+            for server, label in SERVER_STORES.items()
+            for kind, method in (("read", "GET"), ("write", "POST"))
+        ],
     ]
+
+
+#: Demo app servers on stores with a server of their own (started by this script on
+#: loopback, pinned to the load generator's core so the app keeps core 0 to itself).
+SERVER_STORES = {"redis": "Redis", "redis_cluster": "Redis Cluster", "postgres": "PostgreSQL"}
 
 
 def login_workloads() -> list[Workload]:
@@ -179,9 +189,15 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
     return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
 
-def server_commands(tmp: Path, app_root: Path) -> dict[str, tuple[list[str], str]]:
+def server_commands(
+    tmp: Path, app_root: Path, backends: dict[str, str] | None = None
+) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments after the interpreter, readiness path)."""
     app = [str(BENCH / "app_server.py"), "--app-root", str(app_root)]
+    extra = {
+        name: ([*app, "--store", url, "--data-dir", str(tmp / name)], "/health")
+        for name, url in (backends or {}).items()
+    }
     sqlite_dir = tmp / "sqlite"
     login = [str(BENCH / "login_server.py")]
     return {
@@ -193,6 +209,7 @@ def server_commands(tmp: Path, app_root: Path) -> dict[str, tuple[list[str], str
             [*app, "--store", f"sqlite:///{sqlite_dir / 'sessions.sqlite3'}", "--data-dir", str(sqlite_dir)],
             "/health",
         ),
+        **extra,
     }
 
 
@@ -393,6 +410,40 @@ def interruptible() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def backend_servers(names: set[str], tmp: Path, core: int | None) -> Iterator[dict[str, str]]:
+    """Start the database servers the workloads need (the test fixtures' classes); yield URLs.
+
+    Pinned to the load generator's core: the app under test keeps core 0 to itself, as
+    it would with the database on another host.
+    """
+    from tests.postgres_fixture import PostgresServer
+    from tests.redis_fixture import RedisCluster, RedisServerProcess
+
+    started: list[Any] = []
+    urls: dict[str, str] = {}
+    try:
+        if "redis" in names:
+            started.append(RedisServerProcess(tmp / "redis").start())
+            urls["redis"] = started[-1].url
+        if "redis_cluster" in names:
+            started.append(RedisCluster(tmp / "redis-cluster").start())
+            urls["redis_cluster"] = started[-1].url
+        if "postgres" in names:
+            started.append(PostgresServer().start())
+            urls["postgres"] = started[-1].url
+        if core is not None:
+            subprocess.run(
+                f"for p in $(pgrep -f 'redis-server 127.0.0.1:' ; pgrep -x postgres); do taskset -apc {core} $p; done",
+                shell=True, capture_output=True, check=False,
+            )
+        yield urls
+    finally:
+        for server in reversed(started):
+            with contextlib.suppress(Exception):
+                (server.destroy if hasattr(server, "destroy") else server.stop)()
+
+
 def measure(ws: list[Workload], opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Run the rounds; each round starts fresh servers, checks and warms up every workload.
 
@@ -410,10 +461,25 @@ def measure(ws: list[Workload], opts: argparse.Namespace, tmp: Path) -> dict[str
     env["PYTHONUNBUFFERED"] = "1"
     planned = opts.runs * len(ws) * (opts.warmup + opts.duration)
     print(f"{len(ws)} workloads x {opts.runs} rounds, about {planned:.0f} s of load", file=sys.stderr)
+    needed = {w.server for w in ws if w.server in SERVER_STORES}
+    with backend_servers(needed, tmp, wrk_core) as backends:
+        return _measure_rounds(ws, opts, tmp, env, backends, server_core, wrk_core, pin)
+
+
+def _measure_rounds(
+    ws: list[Workload],
+    opts: argparse.Namespace,
+    tmp: Path,
+    env: dict[str, str],
+    backends: dict[str, str],
+    server_core: int | None,
+    wrk_core: int | None,
+    pin: bool,
+) -> dict[str, Any]:
     errors: dict[str, int] = {}
     samples: dict[str, str] = {}
     for round_no in range(1, opts.runs + 1):
-        commands = server_commands(tmp / f"round{round_no}", opts.app_root)
+        commands = server_commands(tmp / f"round{round_no}", opts.app_root, backends)
         (tmp / f"round{round_no}").mkdir()
         servers: dict[str, Server] = {}
         try:
@@ -421,7 +487,7 @@ def measure(ws: list[Workload], opts: argparse.Namespace, tmp: Path) -> dict[str
                 servers[name] = start_server(name, args, tmp / f"round{round_no}", server_core, env)
             for name, server in servers.items():
                 wait_ready(server, commands[name][1])
-            sessions = {name: make_session(servers[name].port) for name in ("memory", "sqlite")}
+            sessions = {name: make_session(servers[name].port) for name in ("memory", "sqlite", *backends)}
             sessions.update({name: make_login_session(servers[name].port) for name in ("login_memory", "login_sqlite")})
             headers = {w.name: sessions[w.headers_from] if w.headers_from else {} for w in ws}
             for w in ws:
