@@ -78,6 +78,7 @@ class SecureHeadersMixin(RequestHandler):
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace["theme"] = DEFAULT_THEME
+        namespace["flashes"] = ()  # base.html shows them; pages that pop flashes pass their own
         return namespace
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

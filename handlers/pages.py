@@ -1,23 +1,23 @@
-"""The demo's HTML pages: home (counter, theme switch, flash demo)."""
+"""The demo's HTML pages: home (counter, theme switch, flash demo); the account pages
+are in :mod:`handlers.account_pages`."""
 
 from __future__ import annotations
 
 from tornado.web import HTTPError
 
+from .account_pages import AccountPage
 from .preferences import THEMES, PreferencesMixin
 
 FLASH_MAX = 200
 CATEGORIES = ("info", "success", "warning")
 
 
-class HomeHandler(PreferencesMixin):
+class HomeHandler(AccountPage):
     async def get(self) -> None:
         session = await self.get_session()
-        flashes = await self.pop_flashes()
-        self.render(
+        await self.render_page(
             "home.html",
             count=session.get("count", 0),
-            flashes=flashes,
             preferences=self.get_preferences(),
             themes=THEMES,
             categories=CATEGORIES,

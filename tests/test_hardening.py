@@ -26,6 +26,10 @@ from tests.demo_fixtures import demo_app_fixtures
 from tests.support import Client, CountingStore, parse_set_cookie, set_cookie_headers
 
 ROUTES = ["/", "/counter", "/flash", "/preferences/theme", "/health", "/ready", "/api/counter", "/api/preferences"]
+# The account pages (handlers/account_pages.py).
+ROUTES += ["/register", "/login", "/logout", "/account", "/account/name", "/account/password", "/account/sessions",
+           "/account/sessions/0123456789abcdef01234567/revoke", "/account/logout-all"]
+ROUTES += ["/ws", "/live"]  # the websocket handshake (403 without a session) and its page
 ODD_PATHS = [
     "/no-such-page",
     "/api/no-such-call",

@@ -1,0 +1,375 @@
+"""The account pages: register, log in, log out, profile, password, active sessions.
+
+HTML forms over the same rules as the JSON API (:mod:`handlers.auth_api`): every
+decision is made by :class:`~handlers.account_base.AccountHandler` and
+:mod:`accounts.service`; this module only reads form fields, renders pages and
+redirects.
+
+* A form that is refused re-renders its page with the refusal's status (400, 401,
+  403, 409, 429) and the error beside the field at fault; the typed values come back
+  in the form, passwords never.
+* Every accepted form ends in a 303 redirect with a flash message for the next page
+  (post/redirect/get). Logging out ends the session that would carry a flash, so those
+  redirects name a fixed notice instead (``/login?notice=logged-out``).
+* Pages that need a login redirect to ``/login?next=<path>``; ``next`` is followed
+  only when it is a path on this site (:func:`safe_next`), never to another host.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+from tornado.web import HTTPError
+
+from accounts.passwords import MAX_LENGTH as MAX_PASSWORD
+from accounts.service import AccountError
+from accounts.users import MAX_EMAIL, MAX_NAME, User
+
+from .account_base import AccountHandler, ReauthenticationRequired
+
+#: Where a login or a page that is already logged in goes by default.
+HOME = "/account"
+MAX_NEXT = 512
+#: Messages for redirects that cannot carry a flash (the session just ended).
+NOTICES = {
+    "logged-out": "You have logged out.",
+    "logged-out-everywhere": "You have logged out on every device.",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def safe_next(target: str | None, default: str = HOME) -> str:
+    """``target`` when it is a path on this site (``/...``), else ``default``.
+
+    Refused: absolute URLs (``https://evil.test``), scheme-relative ones
+    (``//evil.test``), backslashes (browsers read ``/\\evil.test`` as ``//evil.test``),
+    control characters, and anything over a few hundred characters.
+    """
+    if not target or len(target) > MAX_NEXT or not target.startswith("/") or target.startswith("//"):
+        return default
+    if _CONTROL.search(target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
+def login_url(next_path: str) -> str:
+    return "/login?" + urlencode({"next": next_path})
+
+
+def browser_label(user_agent: str) -> str:
+    """A short name for a user agent: "Chrome on Linux", "Firefox on Windows", ..."""
+    ua = user_agent or ""
+    browser = next(
+        (
+            name
+            for token, name in (
+                ("Edg/", "Edge"),
+                ("OPR/", "Opera"),
+                ("Firefox/", "Firefox"),
+                ("Chrome/", "Chrome"),
+                ("Chromium/", "Chromium"),
+                ("Safari/", "Safari"),
+                ("curl/", "curl"),
+            )
+            if token in ua
+        ),
+        None,
+    )
+    system = next(
+        (
+            name
+            for token, name in (
+                ("Android", "Android"),
+                ("iPhone", "iOS"),
+                ("iPad", "iPadOS"),
+                ("Windows", "Windows"),
+                ("Mac OS X", "macOS"),
+                ("CrOS", "ChromeOS"),
+                ("Linux", "Linux"),
+            )
+            if token in ua
+        ),
+        None,
+    )
+    if browser and system:
+        return f"{browser} on {system}"
+    return browser or system or (ua[:40] if ua else "unknown")
+
+
+class AccountPage(AccountHandler):
+    """An HTML page of the demo that knows who is logged in (``current_user``)."""
+
+    async def prepare(self) -> None:
+        await self.current_account()
+        self.depends_on_cookies()  # after the session load, which adds its Vary: Cookie
+
+    # -- rendering -------------------------------------------------------------------
+    async def render_page(self, template: str, status: int = 200, **kwargs: Any) -> None:
+        """Render ``template`` with this session's flash messages (each shown once)."""
+        self.set_status(status)
+        flashes = await self.pop_flashes()
+        notice = NOTICES.get(self.get_query_argument("notice", ""))
+        if notice:
+            flashes.append(("info", notice))
+        self.render(template, flashes=flashes, **kwargs)
+
+    def format_time(self, timestamp: float) -> str:
+        """A time in the visitor's time zone preference (UTC by default)."""
+        zone = ZoneInfo(self.get_preferences()["timezone"])
+        when = datetime.datetime.fromtimestamp(timestamp, zone)
+        return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or "")
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace["format_time"] = self.format_time
+        return namespace
+
+    # -- forms -------------------------------------------------------------------------
+    def read_form(self, **limits: int) -> tuple[dict[str, str], AccountError | None]:
+        """The form's fields as sent (not stripped: passwords keep their spaces), and the
+        first problem: a field over its limit (name=max characters) or not UTF-8 comes
+        back empty, with an AccountError naming it for the caller to raise."""
+        values: dict[str, str] = {}
+        problem: AccountError | None = None
+        for name, limit in limits.items():
+            raw = (self.request.body_arguments.get(name) or [b""])[-1]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text, problem = "", problem or AccountError(400, "this is not valid UTF-8 text", field=name)
+            if len(text) > limit:
+                text, problem = "", problem or AccountError(400, f"at most {limit} characters, please", field=name)
+            values[name] = text
+        return values, problem
+
+    def redirect_with_flash(self, url: str, message: str, category: str = "success") -> None:
+        self.session.flash(message, category)
+        self.redirect(url, status=303)
+
+    def refused(self, error: AccountError) -> dict[str, str]:
+        """The error map for a template (field name, or "form", to message); sets RateLimit headers."""
+        self.rate_limit_headers(error.limit)
+        return {error.field or "form": error.message}
+
+    async def redirect_now(self, url: str) -> None:
+        """Redirect from ``prepare()``: finished (session committed) before the method would run."""
+        self.set_status(303 if self.request.method == "POST" else 302)
+        self.set_header("Location", url)
+        await self.finish()
+
+
+class LoggedInPage(AccountPage):
+    """A page for logged-in users only; others go to the login page and come back."""
+
+    #: The page to come back to after logging in (None: the requested path).
+    return_to: str | None = None
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self._account is None:
+            await self.redirect_now(login_url(self.return_to or self.request.path))
+
+    @property
+    def user(self) -> User:
+        if self._account is None:  # prepare() has redirected already
+            raise HTTPError(401)
+        return self._account
+
+    def reauthenticate_first(self) -> None:
+        """Step-up: to the password confirmation, then back to this page."""
+        target = "/account/reauthenticate?" + urlencode({"next": self.return_to or "/account"})
+        self.session.flash("Please confirm your password first.", "warning")
+        self.redirect(target, status=303)
+
+
+class LoggedOutPage(AccountPage):
+    """Register and log in: someone logged in already goes to their account."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self._account is not None:
+            await self.redirect_now(HOME)
+
+
+# -- register and log in ------------------------------------------------------------------
+
+
+class RegisterPage(LoggedOutPage):
+    async def get(self) -> None:
+        await self.render_page("register.html", values={}, errors={})
+
+    async def post(self) -> None:
+        values, problem = self.read_form(email=MAX_EMAIL + 64, name=MAX_NAME + 64, password=MAX_PASSWORD)
+        password = values.pop("password")
+        try:
+            if problem:
+                raise problem
+            user = await self.accounts.register(
+                values["email"], values["name"], password, self.request.remote_ip or ""
+            )
+        except AccountError as error:
+            await self.render_page("register.html", error.status, values=values, errors=self.refused(error))
+            return
+        await self.log_in(user)
+        self.redirect_with_flash(HOME, f"Welcome, {user.name}! Your account is ready.")
+
+
+class LoginPage(LoggedOutPage):
+    async def get(self) -> None:
+        next_path = safe_next(self.get_query_argument("next", ""))
+        await self.render_page("login.html", values={}, errors={}, next_path=next_path)
+
+    async def post(self) -> None:
+        next_path = safe_next(self.get_body_argument("next", ""))
+        values, problem = self.read_form(email=MAX_EMAIL + 64, password=MAX_PASSWORD)
+        password = values.pop("password")
+        try:
+            if problem:
+                raise problem
+            user, decision = await self.accounts.authenticate(values["email"], password, self.request.remote_ip or "")
+        except AccountError as error:
+            if error.status == 401:
+                self.log_login_failure(values["email"])
+            errors = self.refused(error)
+            await self.render_page("login.html", error.status, values=values, errors=errors, next_path=next_path)
+            return
+        self.rate_limit_headers(decision)
+        await self.log_in(user, remember=self.get_body_argument("remember", "") == "1")
+        self.redirect_with_flash(next_path, f"Welcome back, {user.name}.")
+
+
+class LogoutForm(AccountPage):
+    async def post(self) -> None:
+        await self.log_out()
+        self.redirect("/login?notice=logged-out", status=303)
+
+
+# -- the account ------------------------------------------------------------------------
+
+
+class AccountPageBase(LoggedInPage):
+    return_to = "/account"
+
+    async def render_account(self, status: int = 200, *, name: str | None = None,
+                             errors: dict[str, str] | None = None) -> None:
+        await self.render_page(
+            "account.html", status, user=self.user, name_value=self.user.name if name is None else name,
+            errors=errors or {},
+        )
+
+
+class AccountOverview(AccountPageBase):
+    async def get(self) -> None:
+        await self.render_account()
+
+
+class NameForm(AccountPageBase):
+    async def post(self) -> None:
+        values, problem = self.read_form(name=MAX_NAME + 64)
+        try:
+            if problem:
+                raise problem
+            user = await self.accounts.rename(self.user, values["name"])
+        except AccountError as error:
+            await self.render_account(error.status, name=values["name"], errors=self.refused(error))
+            return
+        self._account = self.current_user = user
+        self.redirect_with_flash("/account", "Your name is changed.")
+
+
+class PasswordForm(AccountPageBase):
+    async def post(self) -> None:
+        if not self.is_fresh(self.session):
+            self.reauthenticate_first()
+            return
+        values, problem = self.read_form(current=MAX_PASSWORD, new=MAX_PASSWORD)
+        try:
+            if problem:
+                raise problem
+            user = await self.accounts.change_password(self.user, values["current"], values["new"])
+        except AccountError as error:
+            await self.render_account(error.status, errors=self.refused(error))
+            return
+        ended = await self.after_password_change(user)
+        others = f"{ended} other session{'' if ended == 1 else 's'} ended" if ended else "no other session was open"
+        self.redirect_with_flash("/account", f"Your password is changed; {others}.")
+
+
+# -- active sessions ------------------------------------------------------------------------
+
+
+class SessionsPageBase(LoggedInPage):
+    return_to = "/account/sessions"
+
+
+class SessionsPage(SessionsPageBase):
+    async def get(self) -> None:
+        listed = await self.active_sessions(self.user)
+        listed.sort(key=lambda item: (not item["current"], -item["last_seen"]))
+        for item in listed:
+            item["browser"] = browser_label(item["user_agent"])
+        await self.render_page("sessions.html", sessions=listed)
+
+
+class RevokeForm(SessionsPageBase):
+    async def post(self, handle: str) -> None:
+        try:
+            revoked = await self.revoke(self.user, handle)
+        except ReauthenticationRequired:
+            self.reauthenticate_first()
+            return
+        if not revoked:
+            self.redirect_with_flash("/account/sessions", "That session had ended already.", "warning")
+        elif self.session.destroyed:
+            self.redirect("/login?notice=logged-out", status=303)  # it was this one
+        else:
+            self.redirect_with_flash("/account/sessions", "The session is ended.")
+
+
+class LogoutEverywhereForm(SessionsPageBase):
+    async def post(self) -> None:
+        if not self.is_fresh(self.session):
+            self.reauthenticate_first()
+            return
+        await self.log_out_everywhere(self.user)
+        self.redirect("/login?notice=logged-out-everywhere", status=303)
+
+
+class ReauthenticatePage(LoggedInPage):
+    """Confirm the password before sensitive actions, then back to where the user was."""
+
+    return_to = "/account"
+
+    async def get(self) -> None:
+        next_path = safe_next(self.get_query_argument("next", ""))
+        await self.render_page("reauthenticate.html", next_path=next_path, errors={})
+
+    async def post(self) -> None:
+        next_path = safe_next(self.get_body_argument("next", ""))
+        values, problem = self.read_form(password=MAX_PASSWORD)
+        if problem is None and await self.reauthenticate(self.user, values["password"]):
+            self.redirect_with_flash(next_path, "Password confirmed. You can go ahead.")
+            return
+        errors = {"password": problem.message if problem else "the password is incorrect"}
+        await self.render_page("reauthenticate.html", 400 if problem else 401, next_path=next_path, errors=errors)
+
+
+ROUTES = [
+    (r"/register", RegisterPage),
+    (r"/login", LoginPage),
+    (r"/logout", LogoutForm),
+    (r"/account", AccountOverview),
+    (r"/account/name", NameForm),
+    (r"/account/password", PasswordForm),
+    (r"/account/sessions", SessionsPage),
+    (r"/account/sessions/([0-9a-f]{24})/revoke", RevokeForm),
+    (r"/account/logout-all", LogoutEverywhereForm),
+    (r"/account/reauthenticate", ReauthenticatePage),
+]
