@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +24,12 @@ from tornado.web import HTTPError
 from accounts.ratelimit import Decision
 from accounts.service import Accounts
 from accounts.users import User
-from sessions import Session
+from sessions import RememberMe, Session
 from sessions.events import audit_log, log_event, short_key
+from sessions.remember import is_token, token_key
+from sessions.websocket import SocketRegistry
 
+from .base import http_error_message
 from .preferences import PreferencesMixin
 
 #: Longest user agent kept in a session's metadata.
@@ -43,6 +45,17 @@ class AuthSettings:
     max_sessions: int = 10
     #: End a session when its client address changes (off: mobile networks change it).
     bind_ip: bool = False
+    #: Sensitive actions (revoking other sessions, log out everywhere, password change)
+    #: need a password typed within this many seconds, and never a session restored
+    #: from a remember-me token until the password is confirmed.
+    reauth_after: float = 900.0
+
+
+class ReauthenticationRequired(HTTPError):
+    """403 until the user confirms the password (POST /auth/reauthenticate)."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "reauthentication required")
 
 
 def session_handle(key: str) -> str:
@@ -96,8 +109,19 @@ class AccountHandler(PreferencesMixin):
         return user
 
     # -- login and logout --------------------------------------------------------------
-    async def log_in(self, user: User) -> Session:
-        """Regenerate the session for ``user`` (pre-login data kept) and record the login."""
+    @property
+    def remember_me(self) -> RememberMe | None:
+        remember: RememberMe | None = self.settings.get("remember_me")
+        return remember
+
+    def _client_meta(self) -> dict[str, str]:
+        return {"ip": self.request.remote_ip or "", "ua": self.request.headers.get("User-Agent", "")[:MAX_USER_AGENT]}
+
+    async def log_in(self, user: User, *, remember: bool = False) -> Session:
+        """Regenerate the session for ``user`` (pre-login data kept) and record the login.
+
+        With ``remember``, also issue a remember-me token (its own cookie).
+        """
         session = await self.get_session()
         old_key = session.key
         # A visitor's data (counter, flashes) comes along; another user's never does.
@@ -105,37 +129,43 @@ class AccountHandler(PreferencesMixin):
         session.user_id = user.id
         session.meta.clear()
         session.meta.update(
-            login=f"{time.time():.0f}",
+            login=f"{self.session_manager.clock():.0f}",
             ip=self.request.remote_ip or "",
             ua=self.request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
             cv=str(user.credentials_version),
         )
         await self._enforce_session_cap(user, keep=old_key)
+        if remember and self.remember_me is not None:
+            await self.remember_me.issue(self, user.id, self._client_meta())
         self._account, self._account_loaded, self.current_user = user, True, user
+        self.live_notice(user.id, "login", exclude_key=old_key, ip=session.meta["ip"], user_agent=session.meta["ua"])
         log_event(audit_log, logging.INFO, "login_success", user=user.id, remote=self.request.remote_ip)
         return session
 
     async def _enforce_session_cap(self, user: User, *, keep: str | None) -> None:
         """End the user's oldest sessions so that, with the new one, there are at most max_sessions."""
         store = self.session_manager.store
-        others = [(key, rec) for key, rec in await store.list_user(user.id) if key != keep]
+        others = [(key, rec) for key, rec in await store.list_user(user.id) if key != keep and not is_token(rec)]
         excess = len(others) - (self.auth.max_sessions - 1)
         if excess <= 0:
             return
         for key, _ in sorted(others, key=lambda item: item[1].created)[:excess]:
-            await store.destroy(key)
+            await self.session_manager.end_session(key)
             log_event(audit_log, logging.INFO, "session_cap", user=user.id, ended=short_key(key))
 
     async def log_out(self) -> None:
         session = await self.get_session()
         user_id = session.user_id
         session.destroy()
+        if self.remember_me is not None:
+            await self.remember_me.forget(self)  # this browser's token goes too
         self.set_header("Clear-Site-Data", CLEAR_SITE_DATA)
         self._account, self._account_loaded, self.current_user = None, True, None
         if user_id:
             log_event(audit_log, logging.INFO, "logout", user=user_id, remote=self.request.remote_ip)
 
     async def log_out_everywhere(self, user: User) -> int:
+        self.live_notice(user.id, "logout_everywhere")  # then their sockets close with 1008
         ended = await self.session_manager.destroy_user_sessions(user.id)
         await self.log_out()
         log_event(audit_log, logging.INFO, "logout_everywhere", user=user.id, count=ended)
@@ -147,18 +177,65 @@ class AccountHandler(PreferencesMixin):
         ended = await self.session_manager.destroy_user_sessions(user.id, keep=session)
         session.regenerate(keep_data=True)
         session.meta["cv"] = str(user.credentials_version)
+        if self.remember_me is not None and self.get_cookie(self.remember_me.cookie_full_name):
+            self.remember_me.clear_cookie(self)  # its token ended with the others
         log_event(audit_log, logging.INFO, "password_changed", user=user.id, others_ended=ended)
         return ended
 
-    # -- active sessions -------------------------------------------------------------
-    async def active_sessions(self, user: User) -> list[dict[str, Any]]:
+    # -- step-up -------------------------------------------------------------------------
+    def is_fresh(self, session: Session) -> bool:
+        """A password typed recently in this session, which was not restored by a token."""
+        if session.meta.get("restored"):
+            return False
+        confirmed = session.meta.get("reauth") or session.meta.get("login") or "0"
+        try:
+            return self.session_manager.clock() - float(confirmed) <= self.auth.reauth_after
+        except ValueError:
+            return False
+
+    async def require_fresh(self) -> None:
+        """Raise ReauthenticationRequired unless the password was confirmed recently."""
+        if not self.is_fresh(await self.get_session()):
+            raise ReauthenticationRequired()
+
+    async def reauthenticate(self, user: User, password: str) -> bool:
+        """Confirm the password for sensitive actions; counted like a login attempt."""
+        decision = await self.accounts.login_limiter.attempt(self.request.remote_ip or "", user.email)
+        self.rate_limit_headers(decision)
+        if not decision.allowed:
+            raise HTTPError(429, "too many attempts; try again later")
+        if not await self.accounts.verify_password(user, password):
+            log_event(audit_log, logging.WARNING, "reauth_failure", user=user.id, remote=self.request.remote_ip)
+            return False
+        await self.accounts.login_limiter.succeeded(user.email)
         session = await self.get_session()
+        session.meta["reauth"] = f"{self.session_manager.clock():.0f}"
+        session.meta.pop("restored", None)
+        log_event(audit_log, logging.INFO, "reauth_success", user=user.id, remote=self.request.remote_ip)
+        return True
+
+    # -- active sessions -------------------------------------------------------------
+    def _own_token_key(self) -> str | None:
+        """The store key of this browser's remember-me token, if it has one."""
+        remember = self.remember_me
+        raw = self.get_cookie(remember.cookie_full_name) if remember is not None else None
+        if remember is None or raw is None:
+            return None
+        opened = remember.manager.keys.open(raw, remember.cookie_full_name)
+        return token_key(opened.decode("utf-8", "replace").partition(":")[0]) if opened else None
+
+    async def active_sessions(self, user: User) -> list[dict[str, Any]]:
+        """The user's sessions and remembered devices, newest first."""
+        session = await self.get_session()
+        own_token = self._own_token_key()
         listed = []
         for key, record in await self.session_manager.store.list_user(user.id):
+            token = is_token(record)
             listed.append(
                 {
                     "handle": session_handle(key),
-                    "current": key == session.key,
+                    "kind": "remembered_device" if token else "session",
+                    "current": key == (own_token if token else session.key),
                     "created": record.created,
                     "last_seen": record.updated,
                     "ip": record.meta.get("ip", ""),
@@ -172,15 +249,27 @@ class AccountHandler(PreferencesMixin):
         session = await self.get_session()
         for key, _ in await self.session_manager.store.list_user(user.id):
             if session_handle(key) == handle:
+                own_token = key == self._own_token_key()
                 if key == session.key:
                     await self.log_out()
                 else:
-                    await self.session_manager.store.destroy(key)
+                    if not own_token:
+                        await self.require_fresh()  # ending another device's access is sensitive
+                    await self.session_manager.end_session(key)
+                    if own_token and self.remember_me is not None:
+                        self.remember_me.clear_cookie(self)
+                self.live_notice(user.id, "revoked")
                 log_event(audit_log, logging.INFO, "session_revoked", user=user.id, key=short_key(key))
                 return True
         return False
 
     # -- helpers ------------------------------------------------------------------------
+    def live_notice(self, user_id: str, event: str, *, exclude_key: str | None = None, **fields: str) -> None:
+        """Tell the user's open sockets in this process (``/ws``) about a session event."""
+        registry: SocketRegistry | None = self.settings.get("socket_registry")
+        if registry is not None:
+            registry.send_to_user(user_id, {"type": "notice", "event": event, **fields}, exclude_key=exclude_key)
+
     def log_login_failure(self, email: str) -> None:
         """One audit line per failed login: the account as a hash, never the typed text."""
         account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:16]
@@ -207,8 +296,19 @@ class JSONAccountHandler(AccountHandler):
         if self.request.method == "GET" and not self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf")):
             _ = self.xsrf_token  # sets the cookie that unsafe calls echo in X-XSRFToken
 
-    def json_body(self, **fields: int) -> dict[str, str]:
-        """The body as a JSON object with exactly these string fields (name=max length)."""
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """``{"error": <what went wrong>, "status": <code>}``, the shape of every refusal here."""
+        message = http_error_message(kwargs.get("exc_info", (None, None, None))[1]) or self._reason
+        if status_code >= 500:
+            message = self._reason
+        if status_code == 503:
+            self.set_header("Retry-After", "5")
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"error": message, "status": status_code})
+
+    def json_body(self, *, flags: tuple[str, ...] = (), **fields: int) -> dict[str, Any]:
+        """The body as a JSON object with these string fields (name=max length) and optional
+        boolean ``flags`` (False when absent); anything else is a 400."""
         content_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         if content_type != "application/json":
             raise HTTPError(400, "send a JSON body with Content-Type: application/json")
@@ -218,10 +318,15 @@ class JSONAccountHandler(AccountHandler):
             raise HTTPError(400, "the body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise HTTPError(400, "the body must be a JSON object")
-        unknown = sorted(set(data) - set(fields))
+        unknown = sorted(set(data) - set(fields) - set(flags))
         if unknown:
             raise HTTPError(400, f"unknown field(s): {', '.join(map(repr, unknown))[:200]}")
-        clean: dict[str, str] = {}
+        clean: dict[str, Any] = {}
+        for name in flags:
+            value = data.get(name, False)
+            if not isinstance(value, bool):
+                raise HTTPError(400, f"{name} must be true or false")
+            clean[name] = value
         for name, limit in fields.items():
             value = data.get(name)
             if not isinstance(value, str):

@@ -45,7 +45,7 @@ class RegisterAPI(AuthAPIHandler):
 
 class LoginAPI(AuthAPIHandler):
     async def post(self) -> None:
-        data = self.json_body(email=MAX_EMAIL + 64, password=MAX_PASSWORD)
+        data = self.json_body(email=MAX_EMAIL + 64, password=MAX_PASSWORD, flags=("remember",))
         try:
             user, decision = await self.accounts.authenticate(data["email"], data["password"], self.request.remote_ip or "")
         except AccountError as error:
@@ -54,7 +54,7 @@ class LoginAPI(AuthAPIHandler):
             self.fail(error)
             return
         self.rate_limit_headers(decision)
-        await self.log_in(user)
+        await self.log_in(user, remember=data["remember"])
         self.write({"user": user.public()})
 
 
@@ -67,6 +67,7 @@ class LogoutAPI(AuthAPIHandler):
 class LogoutAllAPI(AuthAPIHandler):
     async def post(self) -> None:
         user = await self.require_account()
+        await self.require_fresh()
         ended = await self.log_out_everywhere(user)
         self.write({"ok": True, "ended": ended})
 
@@ -90,6 +91,7 @@ class ProfileAPI(AuthAPIHandler):
 class PasswordAPI(AuthAPIHandler):
     async def post(self) -> None:
         user = await self.require_account()
+        await self.require_fresh()
         data = self.json_body(current=MAX_PASSWORD, new=MAX_PASSWORD)
         try:
             user = await self.accounts.change_password(user, data["current"], data["new"])
@@ -98,6 +100,17 @@ class PasswordAPI(AuthAPIHandler):
             return
         ended = await self.after_password_change(user)
         self.write({"ok": True, "other_sessions_ended": ended})
+
+
+class ReauthenticateAPI(AuthAPIHandler):
+    """Confirm the password before sensitive actions (step-up)."""
+
+    async def post(self) -> None:
+        user = await self.require_account()
+        data = self.json_body(password=MAX_PASSWORD)
+        if not await self.reauthenticate(user, data["password"]):
+            raise HTTPError(401, "the password is incorrect")
+        self.write({"ok": True})
 
 
 class SessionsAPI(AuthAPIHandler):

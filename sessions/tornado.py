@@ -11,7 +11,9 @@ Usage::
             self.write({"count": session["count"]})
 
 Nothing touches the store until a handler awaits ``get_session()``, and a request
-without a session cookie never touches it at all. The commit runs inside
+without a session cookie never touches it at all. With a ``remember_me`` application
+setting (:class:`sessions.remember.RememberMe`), a request that has no valid session
+but a remember-me cookie gets a new session for that user. The commit runs inside
 ``finish()``, so the store write completes before a single byte of the response
 (a redirect included) is sent. A store failure becomes a clean 503.
 """
@@ -51,26 +53,31 @@ def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
     return loop.create_task(coro)
 
 
-class SessionMixin(RequestHandler):
-    """Adds ``get_session()`` and sealed-cookie helpers; commits in ``finish()``."""
+class CookieReaderMixin(RequestHandler):
+    """Tornado's ``get_cookie`` without the per-request ``SimpleCookie``.
 
-    _session: Session | None = None
-    _session_commit: asyncio.Future[None] | None = None
-    _session_committed: bool = False
+    Tornado builds an ``http.cookies.Morsel`` for every request cookie on first
+    access, which costs about as much as opening the sealed session cookie; the
+    values are those of ``tornado.httputil.parse_cookie`` either way. Shared by the
+    session glue for requests and for websocket handshakes.
+    """
+
     _cookie_values: dict[str, str] | None = None
 
     def get_cookie(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
-        """Tornado's ``get_cookie`` without the per-request ``SimpleCookie``.
-
-        Tornado builds an ``http.cookies.Morsel`` for every request cookie on first
-        access, which costs about as much as opening the sealed session cookie; the
-        values are those of ``tornado.httputil.parse_cookie`` either way.
-        """
         jar = self._cookie_values
         if jar is None:
             header = self.request.headers.get("Cookie")
             jar = self._cookie_values = parse_cookie(header) if header else {}
         return jar.get(name, default)
+
+
+class SessionMixin(CookieReaderMixin, RequestHandler):
+    """Adds ``get_session()`` and sealed-cookie helpers; commits in ``finish()``."""
+
+    _session: Session | None = None
+    _session_commit: asyncio.Future[None] | None = None
+    _session_committed: bool = False
 
     @property
     def session_manager(self) -> SessionManager:
@@ -81,7 +88,11 @@ class SessionMixin(RequestHandler):
         """Load (once per request) and return this request's session."""
         if self._session is None:
             try:
-                self._session = await self.session_manager.load(self)
+                session = await self.session_manager.load(self)
+                remember = self.settings.get("remember_me")
+                if remember is not None and session.is_new:
+                    await remember.apply(self, session)  # a remember-me token may bring the user back
+                self._session = session
             except StoreError as exc:
                 log.error("session store failed on load: %s", exc)
                 raise HTTPError(503, reason="Session Store Unavailable") from exc
