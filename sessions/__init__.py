@@ -2,10 +2,12 @@
 
 from .cookies import CookieOptions, CookieTooLargeError
 from .keys import InvalidKeyError, KeyRing, MissingKeysError, Unsealed, generate_key, load_key_ring
-from .manager import CommitPlan, SessionManager, SessionOptions, hash_session_id
+from .manager import CommitPlan, SessionListener, SessionManager, SessionOptions, hash_session_id
+from .remember import RememberMe, RememberOptions
 from .session import Session
 from .stores import Record, Store, StoreError, open_store, register_store
 from .tornado import SessionMixin
+from .websocket import SessionWebSocketMixin, SocketRegistry
 
 __all__ = [
     "CommitPlan",
@@ -15,10 +17,15 @@ __all__ = [
     "KeyRing",
     "MissingKeysError",
     "Record",
+    "RememberMe",
+    "RememberOptions",
     "Session",
+    "SessionListener",
     "SessionManager",
     "SessionMixin",
     "SessionOptions",
+    "SessionWebSocketMixin",
+    "SocketRegistry",
     "Store",
     "StoreError",
     "Unsealed",

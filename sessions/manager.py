@@ -22,7 +22,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from tornado.web import RequestHandler
 
@@ -106,6 +106,21 @@ class CommitPlan:
     drop_key: str | None = None
 
 
+class SessionListener(Protocol):
+    """Told when sessions end or change ID in this process (e.g. to close their websockets).
+
+    Calls come after the store write, from the event loop; they must not block. Other
+    processes are not told: they find out from the store (see
+    :class:`sessions.websocket.SocketRegistry`'s re-check).
+    """
+
+    def session_ended(self, key: str) -> None: ...
+
+    def session_renamed(self, old_key: str, new_key: str) -> None: ...
+
+    def user_sessions_ended(self, user_id: str, keep: str | None) -> None: ...
+
+
 class SessionManager:
     """Loads the session a request names and commits what the handler did to it."""
 
@@ -123,6 +138,14 @@ class SessionManager:
         #: One clock for the rules and the store (the store's unless given).
         self.clock: Clock = clock or store.clock
         self.cookie_full_name = self.options.cookie.full_name(self.options.cookie_name)
+        self.listeners: list[SessionListener] = []
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:  # a listener's bug must not fail the request that ended a session
+                log.exception("session listener %r failed on %s", listener, event)
 
     # -- helpers -----------------------------------------------------------------
     def can_send_cookie(self, handler: RequestHandler) -> bool:
@@ -159,6 +182,7 @@ class SessionManager:
             reason = "idle" if record.expires <= now else "absolute"
             log_event(audit_log, logging.INFO, "session_expired", key=short_key(key), timeout=reason)
             await self.store.destroy(key)
+            self._notify("session_ended", key)
             return self.new_session(now)
         session = Session(
             session_id,
@@ -266,6 +290,7 @@ class SessionManager:
         elif plan.write == "destroy" and plan.drop_key is not None:
             await self.store.destroy(plan.drop_key)
             log_event(audit_log, logging.INFO, "session_destroyed", key=short_key(plan.drop_key))
+            self._notify("session_ended", plan.drop_key)
 
         if cookie == "set":
             self._set_cookie(handler, session, now)
@@ -282,6 +307,7 @@ class SessionManager:
         session.mark_saved(session_id, key, plan.items)
         if plan.drop_key is not None:
             await self.store.destroy(plan.drop_key)
+            self._notify("session_renamed", plan.drop_key, key)
             log_event(audit_log, logging.INFO, "session_regenerated", old=short_key(plan.drop_key), new=short_key(key))
 
     def _set_cookie(self, handler: RequestHandler, session: Session, now: float) -> None:
@@ -310,6 +336,14 @@ class SessionManager:
     async def destroy_user_sessions(self, user_id: str, *, keep: Session | None = None) -> int:
         """End every session of a user ("log out everywhere", password change)."""
         # "is not None": a Session is a mapping, and an empty one is falsy.
-        count = await self.store.destroy_user(user_id, keep=keep.key if keep is not None else None)
+        keep_key = keep.key if keep is not None else None
+        count = await self.store.destroy_user(user_id, keep=keep_key)
         log_event(audit_log, logging.INFO, "user_sessions_destroyed", user=user_id, count=count)
+        self._notify("user_sessions_ended", user_id, keep_key)
         return count
+
+    async def end_session(self, key: str) -> None:
+        """End one stored session by its store key (revoke, session cap), telling the listeners."""
+        await self.store.destroy(key)
+        log_event(audit_log, logging.INFO, "session_destroyed", key=short_key(key))
+        self._notify("session_ended", key)

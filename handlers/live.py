@@ -1,0 +1,98 @@
+"""The demo's websocket (``/ws``) and the page that uses it (``/live``).
+
+Protocol (JSON text messages; the README's "Websocket protocol" section):
+
+* server → client on connect: ``{"type": "welcome", "user": {"id", "name"}, "worker"}``
+  (``worker`` is the worker number under ``--processes N``, else null);
+* ``{"type": "ping"[, "id"]}`` → ``{"type": "pong"[, "id"]}``;
+* ``{"type": "chat", "text": "..."}`` (1-500 characters after trimming) →
+  ``{"type": "chat", "from": <display name>, "text": ...}`` to every open socket of
+  this process (with ``--processes N``, chat reaches the users on the same worker only);
+* notices of the user's own session events: ``{"type": "notice", "event": "login" |
+  "revoked" | "logout_everywhere", ...}``;
+* anything else: ``{"type": "error", "error": "..."}``; the socket stays open.
+
+Close codes: 1008 when the session ends (or the client sends too fast), 1009 for a
+message over ``websocket_max_message_size``, 1001 when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from typing import Any
+
+import tornado.process
+from tornado.web import HTTPError
+
+from accounts.service import Accounts
+from sessions.events import audit_log, log_event, short_key
+from sessions.websocket import SessionWebSocketMixin
+
+from .account_pages import LoggedInPage
+from .base import SecureHeadersMixin
+
+MAX_CHAT = 500
+#: Longest client-chosen ping id echoed back.
+MAX_PING_ID = 64
+
+
+def clean_chat(text: Any) -> str | None:
+    """The chat text to send, or None when it is not 1-500 characters of printable text."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    if not 1 <= len(text) <= MAX_CHAT:
+        return None
+    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in text):
+        return None
+    return text
+
+
+class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
+    """``/ws``: a logged-in user's socket (ping, notices, chat)."""
+
+    display_name = ""
+
+    async def prepare(self) -> None:
+        await super().prepare()  # origin and session (403 otherwise)
+        accounts: Accounts = self.settings["accounts"]
+        user = await accounts.users.by_id(self.user_id)
+        # As the pages do: a user who is gone, or a session from before a password change, is no login.
+        if user is None or self.session.meta.get("cv") not in (None, str(user.credentials_version)):
+            log_event(audit_log, logging.INFO, "websocket_refused", reason="stale login",
+                      key=short_key(self.session_key), remote=self.request.remote_ip)
+            raise HTTPError(403, "log in again")
+        self.display_name = user.name
+
+    def open(self) -> None:
+        self.send_json(
+            {"type": "welcome", "user": {"id": self.user_id, "name": self.display_name},
+             "worker": tornado.process.task_id()}
+        )
+
+    def on_json(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "ping":
+            pong: dict[str, Any] = {"type": "pong"}
+            ping_id = data.get("id")
+            if isinstance(ping_id, int | str) and not isinstance(ping_id, bool) and len(str(ping_id)) <= MAX_PING_ID:
+                pong["id"] = ping_id
+            self.send_json(pong)
+        elif kind == "chat":
+            text = clean_chat(data.get("text"))
+            if text is None:
+                self.send_error_message(f"chat text must be 1-{MAX_CHAT} characters of text", field="text")
+                return
+            self.socket_registry.broadcast({"type": "chat", "from": self.display_name, "text": text})
+        else:
+            self.send_error_message("unknown message type", types=["ping", "chat"])
+
+
+class LivePage(LoggedInPage):
+    """``/live``: connection state, ping latency, notices and the chat (static/live.js)."""
+
+    return_to = "/live"
+
+    async def get(self) -> None:
+        await self.render_page("live.html", user=self.user)

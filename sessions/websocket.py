@@ -1,0 +1,478 @@
+"""Websocket clients authenticated by the session cookie, and closed when it ends.
+
+Usage::
+
+    manager = SessionManager(store, keys)
+    registry = SocketRegistry.attach(manager)          # one per application
+
+    class Live(SessionWebSocketMixin, tornado.websocket.WebSocketHandler):
+        def open(self) -> None:
+            self.send_json({"type": "hello", "user": self.user_id})
+
+        def on_json(self, data: dict[str, Any]) -> None:
+            if data.get("type") == "ping":
+                self.send_json({"type": "pong"})
+
+    app = tornado.web.Application(
+        [(r"/ws", Live)], session_manager=manager, socket_registry=registry,
+        websocket_max_message_size=4096,
+    )
+    ...
+    await registry.close()                              # on shutdown
+
+The handshake (``prepare()``, which Tornado runs before the upgrade) checks
+``Origin`` and loads the session from the cookie through the manager; it refuses
+with 403 a foreign origin and a missing, tampered, expired or anonymous (no
+``user_id``) session. It never writes a session and never sets a cookie (the one
+store write a handshake can cause is the manager deleting an expired session it
+found, as any request does).
+
+The :class:`SocketRegistry` tracks open sockets by session and by user. As a
+:class:`~sessions.manager.SessionListener` it closes a session's sockets with code
+1008 the moment the session ends in this process (logout, revoke, log out
+everywhere, password change, expiry seen by a request); sessions ended by other
+processes are found by re-checking every socket's session in the store every
+``recheck_interval`` seconds (5 by default).
+
+Application settings read here:
+
+``socket_registry``
+    The :class:`SocketRegistry` (required).
+``websocket_allowed_origins``
+    Origins allowed to connect, like ``["https://example.com"]``. Default (unset):
+    the request's own ``Host`` only (Tornado's rule). Requests without an ``Origin``
+    header (non-browser clients) are not origin-checked.
+``websocket_message_rate`` / ``websocket_message_burst``
+    Messages per second per connection (default 20) and the burst allowed above it
+    (default 40); a client over it is closed with 1008.
+``websocket_max_message_size``
+    Tornado's own limit (default 10 MiB: set a small one); a larger message is
+    closed with 1009 by Tornado.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from tornado.web import HTTPError
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from .events import audit_log, log_event, security_log, short_key
+from .manager import SessionManager
+from .session import Session
+from .stores.base import StoreError
+from .tornado import CookieReaderMixin
+
+log = logging.getLogger("sessions")
+
+#: Close codes (RFC 6455 section 7.4.1).
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+DEFAULT_RECHECK_INTERVAL = 5.0
+DEFAULT_MESSAGE_RATE = 20.0
+DEFAULT_MESSAGE_BURST = 40
+#: Sessions re-checked at once (store reads in flight) per re-check round.
+RECHECK_CONCURRENCY = 32
+
+
+class TrackedSocket(Protocol):
+    """What the registry needs of a socket (``SessionWebSocketMixin`` provides it)."""
+
+    session_key: str
+    user_id: str
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+    def send_json(self, payload: Mapping[str, Any]) -> bool: ...
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; one token per message."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp", "clock")
+
+    def __init__(self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+class SocketRegistry:
+    """The open session sockets of one application, by session key and by user.
+
+    Attach it to the manager (:meth:`attach`) so that sessions ended in this process
+    close their sockets at once; its re-check (every ``recheck_interval`` seconds,
+    while any socket is open) catches sessions ended by other processes or expired.
+    """
+
+    def __init__(self, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL) -> None:
+        if recheck_interval <= 0:
+            raise ValueError("recheck_interval must be positive")
+        self.manager = manager
+        self.recheck_interval = recheck_interval
+        self._by_key: dict[str, set[TrackedSocket]] = {}
+        self._by_user: dict[str, set[TrackedSocket]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @classmethod
+    def attach(cls, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL) -> SocketRegistry:
+        """A registry listening to ``manager``'s session events."""
+        registry = cls(manager, recheck_interval=recheck_interval)
+        manager.listeners.append(registry)
+        return registry
+
+    def detach(self) -> None:
+        """Stop listening to the manager (``close()`` does this too)."""
+        with contextlib.suppress(ValueError):
+            self.manager.listeners.remove(self)
+
+    # -- membership --------------------------------------------------------------------
+    def add(self, socket: TrackedSocket) -> None:
+        if self._closed:
+            socket.close(CLOSE_GOING_AWAY, "server shutting down")
+            return
+        self._by_key.setdefault(socket.session_key, set()).add(socket)
+        self._by_user.setdefault(socket.user_id, set()).add(socket)
+        self._start()
+
+    def discard(self, socket: TrackedSocket) -> None:
+        for index, name in ((self._by_key, socket.session_key), (self._by_user, socket.user_id)):
+            group = index.get(name)
+            if group is not None:
+                group.discard(socket)
+                if not group:
+                    del index[name]
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._by_key.values())
+
+    def sockets(self) -> list[TrackedSocket]:
+        """Every open socket (a copy)."""
+        return [socket for group in self._by_key.values() for socket in group]
+
+    def sockets_of_session(self, key: str) -> list[TrackedSocket]:
+        return list(self._by_key.get(key, ()))
+
+    def sockets_of_user(self, user_id: str) -> list[TrackedSocket]:
+        return list(self._by_user.get(user_id, ()))
+
+    # -- sending -----------------------------------------------------------------------
+    def send_to_user(self, user_id: str, payload: Mapping[str, Any], *, exclude_key: str | None = None) -> int:
+        """Send ``payload`` to the user's sockets (except one session's); how many got it."""
+        return self._send(
+            (s for s in self.sockets_of_user(user_id) if exclude_key is None or s.session_key != exclude_key), payload
+        )
+
+    def broadcast(self, payload: Mapping[str, Any]) -> int:
+        """Send ``payload`` to every open socket of this process; how many got it."""
+        return self._send(self.sockets(), payload)
+
+    @staticmethod
+    def _send(sockets: Iterable[TrackedSocket], payload: Mapping[str, Any]) -> int:
+        return sum(1 for socket in sockets if socket.send_json(payload))
+
+    # -- closing -----------------------------------------------------------------------
+    def end(self, socket: TrackedSocket, reason: str, code: int = CLOSE_POLICY_VIOLATION) -> None:
+        """Forget ``socket`` and close it (1008 by default)."""
+        self.discard(socket)
+        log_event(
+            audit_log, logging.INFO, "websocket_closed", reason=reason, code=code,
+            key=short_key(socket.session_key), user=socket.user_id,
+        )
+        try:
+            socket.close(code, reason)
+        except Exception:  # one broken socket must not keep the others open
+            log.exception("closing a websocket failed")
+
+    # -- SessionListener ---------------------------------------------------------------
+    def session_ended(self, key: str) -> None:
+        for socket in self.sockets_of_session(key):
+            self.end(socket, "session ended")
+
+    def session_renamed(self, old_key: str, new_key: str) -> None:
+        moved = self._by_key.pop(old_key, set())
+        if not moved:
+            return
+        for socket in moved:
+            socket.session_key = new_key
+        self._by_key.setdefault(new_key, set()).update(moved)
+        # A login as another user in the same browser renames the session too: make
+        # sure the sockets still belong to the session's user.
+        self._spawn(self._check_session(new_key))
+
+    def user_sessions_ended(self, user_id: str, keep: str | None) -> None:
+        for socket in self.sockets_of_user(user_id):
+            if keep is None or socket.session_key != keep:
+                self.end(socket, "session ended")
+
+    # -- the re-check ------------------------------------------------------------------
+    async def recheck(self) -> int:
+        """Close the sockets whose session the store no longer holds (or holds for
+        another user, or past its expiry); how many were closed."""
+        keys = list(self._by_key)
+        closed = 0
+        for start in range(0, len(keys), RECHECK_CONCURRENCY):
+            results = await asyncio.gather(*(self._check_session(k) for k in keys[start : start + RECHECK_CONCURRENCY]))
+            closed += sum(results)
+        return closed
+
+    async def _check_session(self, key: str) -> int:
+        try:
+            record = await self.manager.store.load(key)
+        except StoreError as exc:  # keep the sockets; the next round tries again
+            log_event(log, logging.WARNING, "websocket_recheck_failed", key=short_key(key), error=str(exc))
+            return 0
+        now = self.manager.clock()
+        reason = None
+        if record is None:
+            reason = "session ended"
+        elif record.expires <= now or record.created + self.manager.options.absolute_timeout <= now:
+            reason = "session expired"
+        closed = 0
+        for socket in self.sockets_of_session(key):  # as they are now, after the await
+            why = reason
+            if why is None and record is not None and record.user_id != socket.user_id:
+                why = "session changed user"
+            if why is not None:
+                self.end(socket, why)
+                closed += 1
+        return closed
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._by_key and not self._closed:
+            await asyncio.sleep(self.recheck_interval)
+            try:
+                await self.recheck()
+            except Exception:  # the loop must outlive one bad round
+                log.exception("websocket re-check failed")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no running loop: the periodic re-check will do it
+            coro.close()
+            return
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def close(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Stop the re-check, close every socket (1001 by default) and stop listening."""
+        self._closed = True
+        self.detach()
+        tasks = [t for t in (self._task, *self._pending) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for socket in self.sockets():
+            self.end(socket, reason, code)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
+    """A ``WebSocketHandler`` whose handshake requires a logged-in session.
+
+    After ``prepare()`` (the handshake), ``self.session`` is the session (read it;
+    changes are never saved from a socket), ``self.session_key`` its store key and
+    ``self.user_id`` its user. Messages go through a per-connection rate limit, then
+    :meth:`on_session_message`, which by default parses JSON objects and calls
+    :meth:`on_json` (malformed input gets an ``{"type": "error"}`` message).
+
+    A subclass that overrides ``prepare``, ``on_finish`` or ``on_connection_close``
+    must call ``super()``: registration happens in ``on_finish`` (status 101) and
+    removal in ``on_connection_close``.
+    """
+
+    session_key: str
+    user_id: str
+    _ws_session: Session | None = None
+    _bucket: TokenBucket | None = None
+
+    @property
+    def session_manager(self) -> SessionManager:
+        manager: SessionManager = self.settings["session_manager"]
+        return manager
+
+    @property
+    def socket_registry(self) -> SocketRegistry:
+        registry: SocketRegistry | None = self.settings.get("socket_registry")
+        if registry is None:
+            raise RuntimeError(
+                "SessionWebSocketMixin needs the socket_registry application setting: "
+                "socket_registry=SocketRegistry.attach(session_manager)"
+            )
+        return registry
+
+    @property
+    def session(self) -> Session:
+        """The session the handshake loaded (read-only use: a socket saves nothing)."""
+        if self._ws_session is None:
+            raise RuntimeError("the session is loaded in prepare(), during the handshake")
+        return self._ws_session
+
+    # -- the handshake -----------------------------------------------------------------
+    def origin_allowed(self, origin: str) -> bool:
+        """``websocket_allowed_origins`` when set; else the request's own Host only."""
+        allowed: Iterable[str] | None = self.settings.get("websocket_allowed_origins")
+        if allowed is not None:
+            return normalize_origin(origin) in {normalize_origin(o) for o in allowed}
+        host = self.request.headers.get("Host", "").lower()
+        return bool(host) and urlsplit(origin.strip()).netloc.lower() == host
+
+    def check_origin(self, origin: str) -> bool:
+        """Tornado's own check after ``prepare()``: the same rule."""
+        return self.origin_allowed(origin)
+
+    def refuse(self, reason: str, *, security: bool = False, **fields: Any) -> HTTPError:
+        """Log a refused handshake (a security event when ``security``); the 403 to raise."""
+        log_event(
+            security_log if security else audit_log, logging.WARNING if security else logging.INFO,
+            "websocket_refused", reason=reason, remote=self.request.remote_ip, path=self.request.path, **fields,
+        )
+        return HTTPError(403, reason)
+
+    async def prepare(self) -> None:
+        result = super().prepare()
+        if result is not None:
+            await result
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self.origin_allowed(origin):
+            raise self.refuse("origin not allowed", security=True, origin=origin)
+        _ = self.socket_registry  # a missing setting is a 500 before any store read
+        try:
+            session = await self.session_manager.load(self)
+        except StoreError as exc:
+            log.error("session store failed on websocket handshake: %s", exc)
+            raise HTTPError(503, reason="Session Store Unavailable") from exc
+        if session.key is None:
+            raise self.refuse("no session")
+        if session.user_id is None:
+            raise self.refuse("not logged in", key=short_key(session.key))
+        self._ws_session = session
+        self.session_key = session.key
+        self.user_id = session.user_id
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        if self.get_status() == 101 and self._ws_session is not None:
+            self.socket_registry.add(self)
+
+    def on_connection_close(self) -> None:
+        if self._ws_session is not None:
+            self.socket_registry.discard(self)
+        super().on_connection_close()
+
+    # -- messages ----------------------------------------------------------------------
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        if self.ws_connection is None:  # closing already
+            return None
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(
+                float(self.settings.get("websocket_message_rate", DEFAULT_MESSAGE_RATE)),
+                float(self.settings.get("websocket_message_burst", DEFAULT_MESSAGE_BURST)),
+            )
+        if not bucket.take():
+            log_event(
+                security_log, logging.WARNING, "websocket_rate_limited",
+                key=short_key(self.session_key), user=self.user_id, remote=self.request.remote_ip,
+            )
+            self.socket_registry.end(self, "message rate exceeded")
+            return None
+        try:
+            result = self.on_session_message(message)
+        except Exception:
+            self._internal_error()
+            return None
+        return None if result is None else self._guard(result)
+
+    async def _guard(self, result: Awaitable[None]) -> None:
+        try:
+            await result
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        """A bug in a message handler: log it, close with 1011 (Tornado would drop the
+        connection without a close frame)."""
+        self.log_exception(*sys.exc_info())
+        self.socket_registry.end(self, "internal error", CLOSE_INTERNAL_ERROR)
+
+    def on_session_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """One message within the rate limit; by default a JSON object for :meth:`on_json`."""
+        data = self.parse_json_message(message)
+        if data is None:
+            return None
+        return self.on_json(data)
+
+    def on_json(self, data: dict[str, Any]) -> Awaitable[None] | None:
+        """One JSON object from the client; override it."""
+        self.send_error_message("unsupported message")
+        return None
+
+    def parse_json_message(self, message: str | bytes) -> dict[str, Any] | None:
+        """The message as a JSON object, or None after telling the client what was wrong."""
+        if isinstance(message, bytes):
+            self.send_error_message("send text messages (JSON), not binary")
+            return None
+        try:
+            data = json.loads(message)
+        except (ValueError, RecursionError):
+            self.send_error_message("malformed JSON")
+            return None
+        if not isinstance(data, dict):
+            self.send_error_message("a message must be a JSON object")
+            return None
+        return data
+
+    def send_json(self, payload: Mapping[str, Any]) -> bool:
+        """Send one JSON message; False when the socket is closed (never raises for that)."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return False
+        try:
+            sent = self.write_message(json.dumps(payload, separators=(",", ":")))
+        except WebSocketClosedError:
+            return False
+        sent.add_done_callback(_retrieve)  # a write cut short by the client leaving is no error
+        return True
+
+    def send_error_message(self, error: str, **fields: Any) -> bool:
+        return self.send_json({"type": "error", "error": error, **fields})
