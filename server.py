@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -33,7 +35,7 @@ from accounts.passwords import DEFAULT_COST, PasswordHasher
 from accounts.ratelimit import Limit, RateLimiter
 from accounts.service import Accounts
 from accounts.users import open_user_repository
-from handlers import metrics
+from handlers import account_pages, live, metrics
 from handlers.account_base import AuthSettings
 from handlers.auth_api import (
     FlashAPI,
@@ -42,6 +44,7 @@ from handlers.auth_api import (
     LogoutAPI,
     PasswordAPI,
     ProfileAPI,
+    ReauthenticateAPI,
     RegisterAPI,
     SessionAPI,
     SessionsAPI,
@@ -56,6 +59,8 @@ from sessions import (
     CookieOptions,
     KeyRing,
     MissingKeysError,
+    RememberMe,
+    RememberOptions,
     SessionManager,
     SessionOptions,
     Store,
@@ -66,6 +71,7 @@ from sessions import (
 from sessions.events import log_event
 from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
 from sessions.stores import store_schemes
+from sessions.websocket import DEFAULT_RECHECK_INTERVAL, SocketRegistry
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("demo")
@@ -75,6 +81,8 @@ log = logging.getLogger("demo")
 #: Tornado with a bare 400.
 MAX_BODY_BYTES = 64 * 1024
 PRUNE_EVERY_SECONDS = 300
+#: Largest websocket message /ws accepts; a larger one closes the socket with 1009.
+WS_MAX_MESSAGE_BYTES = 4096
 
 
 @dataclass
@@ -94,6 +102,11 @@ class DemoConfig:
     login_limit_address: Limit = field(default_factory=lambda: Limit(20, 300))
     login_limit_account: Limit = field(default_factory=lambda: Limit(5, 900))
     register_limit_address: Limit = field(default_factory=lambda: Limit(5, 3600))
+    #: Remember-me tokens: lifetime (30 days), grace window after a rotation (60 s).
+    remember: RememberOptions = field(default_factory=RememberOptions)
+    #: Seconds between re-checks of every open websocket's session in the store (how
+    #: soon a logout in another process closes this process's sockets).
+    ws_recheck_interval: float = DEFAULT_RECHECK_INTERVAL
     #: Built from the fields above by make_app unless given.
     accounts: Accounts | None = None
 
@@ -138,19 +151,27 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         (r"/auth/logout-all", LogoutAllAPI),
         (r"/auth/password", PasswordAPI),
         (r"/auth/sessions", SessionsAPI),
+        (r"/auth/reauthenticate", ReauthenticateAPI),
         (r"/auth/sessions/([0-9a-f]{24})", SessionAPI),
         (r"/api/flash", FlashAPI),
+        *account_pages.ROUTES,  # /register, /login, /logout, /account...
         (r"/metrics", metrics.MetricsHandler),
         (r"/", HomeHandler),
         (r"/counter", CounterForm),
         (r"/flash", FlashForm),
         (r"/preferences/theme", ThemeForm),
         (r"/ready", ReadyHandler),
+        (r"/ws", live.LiveSocket),
+        (r"/live", live.LivePage),
         (r"/(favicon\.ico)", SecureStaticFileHandler, {"path": str(ROOT / "static")}),
     ]
     app_settings: dict[str, Any] = dict(
         session_manager=manager,
+        socket_registry=SocketRegistry.attach(manager, recheck_interval=config.ws_recheck_interval),
+        websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
+        websocket_ping_interval=30,
         accounts=config.build_accounts(),
+        remember_me=RememberMe(manager, config.remember),
         auth=config.auth,
         log_function=metrics.observe_request,
         production=config.production,
@@ -257,6 +278,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--register-limit", default=env.get("REGISTER_LIMIT", "5/3600"), metavar="HITS/SECONDS",
         help="sign-ups per client address [REGISTER_LIMIT]",
     )
+    parser.add_argument(
+        "--remember-days", type=float, default=float(env.get("REMEMBER_DAYS", "30")),
+        help="lifetime of a remember-me token [REMEMBER_DAYS]",
+    )
+    parser.add_argument(
+        "--remember-grace", type=float, default=float(env.get("REMEMBER_GRACE", "60")),
+        help="seconds the previous remember-me validator stays valid after a rotation [REMEMBER_GRACE]",
+    )
+    parser.add_argument(
+        "--reauth-after", type=float, default=float(env.get("REAUTH_AFTER", "900")),
+        help="sensitive actions need the password typed within this many seconds [REAUTH_AFTER]",
+    )
+    parser.add_argument(
+        "--ws-recheck", type=float, default=float(env.get("WS_RECHECK", str(DEFAULT_RECHECK_INTERVAL))),
+        metavar="SECONDS",
+        help="re-check every open websocket's session in the store this often: how soon a logout "
+        f"through another process closes it [WS_RECHECK]; default {DEFAULT_RECHECK_INTERVAL:g}",
+    )
     return parser
 
 
@@ -270,6 +309,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         raise SystemExit("error: --bcrypt-cost must be between 4 and 31")
     if args.max_sessions < 1:
         raise SystemExit("error: --max-sessions must be at least 1")
+    if not args.ws_recheck > 0:
+        raise SystemExit("error: --ws-recheck must be a positive number of seconds")
     try:
         limits = [Limit.parse(text) for text in (args.login_limit, args.login_account_limit, args.register_limit)]
     except ValueError as exc:
@@ -308,16 +349,24 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         session_options=session_options_for(args.production),
         debug=args.debug,
         trusted_proxies=trusted_proxies,
-        auth=AuthSettings(max_sessions=args.max_sessions, bind_ip=args.bind_ip),
+        auth=AuthSettings(max_sessions=args.max_sessions, bind_ip=args.bind_ip, reauth_after=args.reauth_after),
+        remember=RememberOptions(max_age=int(args.remember_days * 86400), grace=args.remember_grace),
         bcrypt_cost=args.bcrypt_cost,
         login_limit_address=limits[0],
         login_limit_account=limits[1],
         register_limit_address=limits[2],
+        ws_recheck_interval=args.ws_recheck,
     )
     return args, config
 
 
-async def serve(args: argparse.Namespace, config: DemoConfig, sockets: list[socket.socket] | None = None) -> None:
+async def serve(
+    args: argparse.Namespace,
+    config: DemoConfig,
+    sockets: list[socket.socket] | None = None,
+    lifeline: int | None = None,
+) -> None:
+    """Serve until SIGINT / SIGTERM, or (a worker) until the parent closes ``lifeline``."""
     accounts = config.build_accounts()
     try:
         await config.store.setup()
@@ -337,10 +386,15 @@ async def serve(args: argparse.Namespace, config: DemoConfig, sockets: list[sock
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if lifeline is not None:  # readable only at end of file: the parent is stopping or gone
+        loop.add_reader(lifeline, stop.set)
     await stop.wait()
+    if lifeline is not None:
+        loop.remove_reader(lifeline)
     if prune is not None:
         prune.stop()
     server.stop()
+    await app.settings["socket_registry"].close()  # open websockets get 1001 "going away"
     await server.close_all_connections()
     accounts.hasher.close()
     await accounts.users.close()
@@ -388,14 +442,58 @@ def main(argv: list[str] | None = None) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="tornado-sessions-metrics-")
     metrics.configure(metrics_dir)
     sockets = tornado.netutil.bind_sockets(args.port, args.host)
+    lifeline = WorkerLifeline()
+    parent = os.getpid()
     try:
-        tornado.process.fork_processes(processes)
-    except KeyboardInterrupt:  # pragma: no cover - the parent on Ctrl-C
-        return
+        tornado.process.fork_processes(processes)  # the parent stays in here until every worker has exited
+    finally:
+        if os.getpid() == parent:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     # In a worker: open the store (its connections and threads) only now, after the fork.
+    lifeline.in_worker()
     args, config = parse_config(argv)
     log.info("worker %d of %d (pid %d)", tornado.process.task_id(), processes, os.getpid())
-    asyncio.run(serve(args, config, sockets))
+    asyncio.run(serve(args, config, sockets, lifeline.read_fd))
+
+
+class WorkerLifeline:
+    """Stops the workers when their parent stops, or dies.
+
+    Tornado's ``fork_processes`` parent only waits for its children (and restarts
+    crashed ones): a SIGTERM would kill it and leave the workers running, orphaned. So
+    the parent holds the write end of a pipe that nobody writes to, and every worker
+    watches the read end. On SIGTERM or SIGINT the parent closes its end; if the parent
+    is killed outright (SIGKILL, a crash) the kernel closes it. Either way each worker
+    sees end of file, shuts down gracefully (as on its own SIGTERM) and exits 0; the
+    parent, which does not restart workers that exit 0, exits 0 once all have. A second
+    signal to the parent ends it at once (the workers still stop by themselves).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._write_fd: int | None
+        self.read_fd, self._write_fd = os.pipe()
+        for sig in self.SIGNALS:  # inherited by the workers until in_worker() resets them
+            signal.signal(sig, self._release)
+
+    def _release(self, signum: int, frame: object) -> None:
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        log.info("stopping the workers (signal %d)", signum)
+        self._close_write_end()
+
+    def _close_write_end(self) -> None:
+        if self._write_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._write_fd)
+            self._write_fd = None
+
+    def in_worker(self) -> None:
+        """In a worker just forked: its own signal handling, and only the read end kept."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)  # serve() installs the loop's handlers
+        self._close_write_end()  # or the worker's own copy would keep the pipe open
 
 
 if __name__ == "__main__":

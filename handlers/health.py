@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import tornado.process
 from tornado.web import RequestHandler
 
 from sessions import StoreError
@@ -18,7 +19,8 @@ class HealthHandler(SecureHeadersMixin, RequestHandler):
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.write({"status": "ok"})
+        # Which worker answered (server.py --processes N: 0..N-1; None with one process).
+        self.write({"status": "ok", "worker": tornado.process.task_id()})
 
 
 class ReadyHandler(SecureHeadersMixin, RequestHandler):

@@ -121,7 +121,8 @@ class MetricsHandler(SecureHeadersMixin):
     """``GET /metrics`` in the Prometheus text format (all processes in multiprocess mode)."""
 
     def get(self) -> None:
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+        from prometheus_client import REGISTRY, CollectorRegistry
+        from prometheus_client.exposition import choose_encoder
 
         registry: Any = REGISTRY
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -129,6 +130,11 @@ class MetricsHandler(SecureHeadersMixin):
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        # The text format 0.0.4 that every Prometheus reads, unless the scraper's Accept
+        # asks for OpenMetrics (prometheus_client's own negotiation; its CONTENT_TYPE_LATEST
+        # names a newer text format that older scrapers refuse).
+        encode, content_type = choose_encoder(self.request.headers.get("Accept", ""))
+        self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-store")
-        self.write(generate_latest(registry))
+        self.set_header("Vary", "Accept")
+        self.write(encode(registry))

@@ -223,3 +223,31 @@ async def test_change_password_needs_the_current_one(accounts):
     await accounts.authenticate("ana@example.com", "another good password", "203.0.113.1")
     with pytest.raises(AccountError):
         await accounts.authenticate("ana@example.com", "correct horse battery", "203.0.113.1")
+
+
+@pytest.mark.gen_test
+async def test_hashing_threads_run_at_a_lower_priority():
+    import os
+
+    hasher = PasswordHasher(cost=4, niceness=7)
+    try:
+        def priority():
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        loop_priority = priority()
+        thread_priority = await asyncio.get_running_loop().run_in_executor(hasher._pool, priority)
+        assert thread_priority == loop_priority + 7
+    finally:
+        hasher.close()
+
+
+def test_the_pool_follows_the_cpus_this_process_may_use(monkeypatch):
+    import accounts.passwords as passwords
+
+    monkeypatch.setattr(passwords.os, "sched_getaffinity", lambda pid: {0})
+    assert passwords.usable_cpus() == 1
+    hasher = PasswordHasher(cost=4)
+    try:
+        assert hasher._pool._max_workers == 1
+    finally:
+        hasher.close()

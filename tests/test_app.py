@@ -26,11 +26,6 @@ def demo_store(request, tmp_path, io_loop):
 app, http_server = demo_app_fixtures()
 
 
-@pytest.fixture
-def client(http_client, base_url, app):  # names app so the store parameters apply
-    return Client(http_client, base_url)
-
-
 def body(response):
     return json.loads(response.body)
 
@@ -38,7 +33,7 @@ def body(response):
 @pytest.mark.gen_test
 async def test_health_never_touches_session_or_sets_cookie(client, demo_store):
     response = await client.fetch("/health")
-    assert response.code == 200 and body(response) == {"status": "ok"}
+    assert response.code == 200 and body(response) == {"status": "ok", "worker": None}  # one process
     assert "Set-Cookie" not in response.headers
     assert "Server" not in response.headers
 
