@@ -15,7 +15,7 @@ import pytest
 
 from server import DemoConfig, make_app, make_server, session_options_for
 from sessions import KeyRing, generate_key
-from tests.support import serve_on
+from tests.support import Client, serve_on
 
 STORE_KINDS = ["memory", "sqlite", "mongo", "redis", "postgres"]
 
@@ -49,6 +49,25 @@ def open_demo_store(kind: str, request: Any, tmp_path: Any) -> Any:
 
         return MongoStore(request.getfixturevalue("mongo_url"), database=f"demo_{uuid.uuid4().hex[:12]}")
     raise ValueError(kind)
+
+
+@pytest.fixture
+def demo_store(request: Any, tmp_path: Any, io_loop: Any) -> Any:
+    """The store behind the demo app: memory unless a test parametrizes it (indirect)."""
+    store = open_demo_store(getattr(request, "param", "memory"), request, tmp_path)
+    yield store
+    io_loop.run_sync(store.close)
+
+
+@pytest.fixture
+def new_client(http_client: Any, base_url: str, app: Any) -> Any:
+    """Make browser-ish clients of the module's ``app`` (names app so its parameters apply)."""
+    return lambda **kw: Client(http_client, base_url, **kw)
+
+
+@pytest.fixture
+def client(new_client: Any) -> Client:
+    return new_client()  # type: ignore[no-any-return]
 
 
 def demo_app_fixtures() -> tuple[Any, Any]:

@@ -16,7 +16,7 @@ import collections
 import email.utils
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from tornado.httpclient import HTTPResponse
@@ -249,3 +249,21 @@ class FlakyStore(CountingStore):
 
             return fail
         return attr
+
+
+# -- store outages ----------------------------------------------------------------------
+
+#: How soon a store must say "down" (its own timeouts are 2 s or less).
+FAIL_WITHIN = 5.0
+
+
+async def assert_fails_fast(call: Callable[[], Awaitable[Any]], within: float = FAIL_WITHIN) -> float:
+    """Await ``call()``; it must raise StoreError within ``within`` seconds. Returns the time."""
+    import pytest
+
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        await call()
+    elapsed = time.monotonic() - started
+    assert elapsed < within, f"took {elapsed:.2f} s to report the store down"
+    return elapsed

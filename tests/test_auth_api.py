@@ -14,30 +14,13 @@ import logging
 import pytest
 
 from sessions import hash_session_id
-from tests.demo_fixtures import STORE_KINDS, demo_app_fixtures, open_demo_store
+from tests.demo_fixtures import STORE_KINDS, demo_app_fixtures
 from tests.support import Client, set_cookie_headers
 
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-def demo_store(request, tmp_path, io_loop):
-    store = open_demo_store(getattr(request, "param", "memory"), request, tmp_path)
-    yield store
-    io_loop.run_sync(store.close)
-
-
 app, http_server = demo_app_fixtures()
-
-
-@pytest.fixture
-def client(http_client, base_url, app):
-    return Client(http_client, base_url)
-
-
-@pytest.fixture
-def new_client(http_client, base_url, app):
-    return lambda **kw: Client(http_client, base_url, **kw)
 
 
 def body(response):

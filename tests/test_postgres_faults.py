@@ -18,17 +18,7 @@ import pytest
 from sessions.stores.base import StoreError
 from sessions.stores.postgres import PostgresStore
 from tests.store_contract import new_key, record
-
-FAIL_WITHIN = 5.0
-
-
-async def assert_fails_fast(call: Callable[[], Awaitable[Any]]) -> float:
-    started = time.monotonic()
-    with pytest.raises(StoreError):
-        await call()
-    elapsed = time.monotonic() - started
-    assert elapsed < FAIL_WITHIN, f"took {elapsed:.2f} s to report PostgreSQL down"
-    return elapsed
+from tests.support import assert_fails_fast
 
 
 async def ping_until_back(store: PostgresStore, within: float = 15.0) -> None:

@@ -16,20 +16,9 @@ from typing import Any
 
 import pytest
 
-from sessions.stores.base import StoreError
 from sessions.stores.redis import RedisStore
 from tests.store_contract import new_key, record
-
-FAIL_WITHIN = 5.0
-
-
-async def assert_fails_fast(call: Callable[[], Awaitable[Any]]) -> float:
-    started = time.monotonic()
-    with pytest.raises(StoreError):
-        await call()
-    elapsed = time.monotonic() - started
-    assert elapsed < FAIL_WITHIN, f"took {elapsed:.2f} s to report Redis down"
-    return elapsed
+from tests.support import assert_fails_fast
 
 
 def every_call(store: RedisStore, key: str) -> list[Callable[[], Awaitable[Any]]]:
