@@ -232,3 +232,43 @@ def test_password_change_in_one_browser_ends_the_other(new_page):
     first.click("#logout-all-button")
     first.wait_for_url("**/login?notice=logged-out-everywhere")
     assert flashes(first) == ["You have logged out on every device."]
+
+
+def test_remember_me_brings_the_user_back_after_the_session_cookie_is_gone(new_page):
+    page = new_page()
+    register(page, "rita@example.com", "Rita")
+    page.context.close()
+
+    page = new_page()
+    page.goto("/login")
+    page.fill("#email", "rita@example.com")
+    page.fill("#password", PASSWORD)
+    page.check("#remember")
+    page.click("#login-button")
+    page.wait_for_url("**/account")
+    cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+    assert cookies["remember"]["httpOnly"] is True and cookies["remember"]["sameSite"] == "Lax"
+    assert cookies["remember"]["expires"] > time.time() + 29 * 86400
+    first_token = cookies["remember"]["value"]
+
+    # The browser loses the session cookie (it ended, or the browser was restarted).
+    page.context.clear_cookies(name="sid")
+    page.goto("/account")
+    assert path_of(page) == "/account" and page.inner_text("#nav-user") == "Rita"
+    cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+    assert "sid" in cookies and cookies["remember"]["value"] != first_token  # new session, rotated token
+    shot(page, "10-remembered")
+
+    # A sensitive action asks for the password first, then comes back.
+    page.goto("/account/sessions")
+    page.click("#logout-all-button")
+    page.wait_for_url("**/account/reauthenticate?next=%2Faccount%2Fsessions")
+    shot(page, "11-reauthenticate")
+    page.fill("#password", PASSWORD)
+    page.click("#reauth-button")
+    page.wait_for_url("**/account/sessions")
+    page.click("#logout-all-button")
+    page.wait_for_url("**/login?notice=logged-out-everywhere")
+    page.context.clear_cookies(name="sid")
+    page.goto("/account")
+    assert path_of(page) == "/login?next=%2Faccount"  # the token ended with everything else
