@@ -66,7 +66,8 @@ class Decision:
 
 
 def _account_name(action: str, account: str) -> str:
-    return f"{action}:acct:{hashlib.sha256(account.encode('utf-8')).hexdigest()[:32]}"
+    digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{action}:acct:{digest}"
 
 
 class RateLimiter:

@@ -95,15 +95,22 @@ class AccountHandler(PreferencesMixin):
         user = None if reason else await self.accounts.users.by_id(user_id)
         if reason is None and user is None:
             reason = "user_gone"
-        if user is not None and session.meta.get("cv") not in (None, str(user.credentials_version)):
+        if user is not None and session.meta.get("cv") != str(user.credentials_version):
+            # Issued under a password that has changed since (a login or a remember-me
+            # token that raced the change), or with no credentials version at all.
             reason, user = "credentials_changed", None
         if user is None:
             log_event(
                 audit_log, logging.INFO, "session_ended", reason=reason, key=short_key(session.key),
                 remote=self.request.remote_ip,
             )
+            restored = session.meta.get("restored")
             session.destroy()
+            if restored and self.remember_me is not None:
+                await self.remember_me.forget(self)  # the token that brought it back goes too
             return None
+        if session.is_new and session.meta.get("restored"):
+            await self._enforce_session_cap(user, keep=None)  # a restore is a login too
         self._account = user
         self.current_user = user
         return user
@@ -136,7 +143,7 @@ class AccountHandler(PreferencesMixin):
         )
         await self._enforce_session_cap(user, keep=old_key)
         if remember and self.remember_me is not None:
-            await self.remember_me.issue(self, user.id, self._client_meta())
+            await self.remember_me.issue(self, user.id, {**self._client_meta(), "cv": str(user.credentials_version)})
         self._account, self._account_loaded, self.current_user = user, True, user
         self.live_notice(user.id, "login", exclude_key=old_key, ip=session.meta["ip"], user_agent=session.meta["ua"])
         log_event(audit_log, logging.INFO, "login_success", user=user.id, remote=self.request.remote_ip)
@@ -272,7 +279,7 @@ class AccountHandler(PreferencesMixin):
 
     def log_login_failure(self, email: str) -> None:
         """One audit line per failed login: the account as a hash, never the typed text."""
-        account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:16]
+        account = hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()[:16]
         log_event(audit_log, logging.WARNING, "login_failure", account=account, remote=self.request.remote_ip)
 
     def rate_limit_headers(self, decision: Decision | None) -> None:
@@ -331,6 +338,10 @@ class JSONAccountHandler(AccountHandler):
             value = data.get(name)
             if not isinstance(value, str):
                 raise HTTPError(400, f"{name} must be a string")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON, not text
+                raise HTTPError(400, f"{name} must be valid Unicode text") from None
             if len(value) > limit:
                 raise HTTPError(400, f"{name} must be at most {limit} characters")
             clean[name] = value

@@ -24,4 +24,4 @@ class CounterForm(BaseHandler):
     async def post(self) -> None:
         session = await self.get_session()
         session["count"] = session.get("count", 0) + 1
-        self.redirect("/")
+        self.redirect("/", status=303)

@@ -34,4 +34,4 @@ class FlashForm(PreferencesMixin):
             raise HTTPError(400, f"message must be 1-{FLASH_MAX} characters, category one of {CATEGORIES}")
         session = await self.get_session()
         session.flash(message, category)
-        self.redirect("/")
+        self.redirect("/", status=303)

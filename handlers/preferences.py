@@ -120,4 +120,4 @@ class ThemeForm(PreferencesMixin):
 
     def post(self) -> None:
         self.save_preferences({"theme": self.get_body_argument("theme", "")})
-        self.redirect("/")
+        self.redirect("/", status=303)

@@ -129,6 +129,18 @@ def clear_cookie(handler: RequestHandler, name: str, options: CookieOptions) -> 
     _put_header(handler, full, f"{full}={options.attributes(clear=True)}")
 
 
+def restore_cookie_headers(handler: RequestHandler) -> None:
+    """Add this response's cookie headers again after ``clear()`` emptied the headers.
+
+    Tornado keeps the cookies of its own ``set_cookie`` across ``clear()`` (which
+    ``send_error`` calls): an error page still carries them. Ours must too; a rotated
+    remember-me token lost on a 403 would look like theft the next time.
+    """
+    pending: dict[str, str] | None = getattr(handler, _PENDING, None)
+    for value in (pending or {}).values():
+        handler.add_header("Set-Cookie", value)
+
+
 def _put_header(handler: RequestHandler, name: str, header: str) -> None:
     pending: dict[str, str] | None = getattr(handler, _PENDING, None)
     if pending is None:

@@ -108,8 +108,21 @@ class RememberMe:
         return self.manager.store
 
     # -- issuing -----------------------------------------------------------------------
-    async def issue(self, handler: RequestHandler, user_id: str, meta: Mapping[str, str] | None = None) -> str:
-        """Create a token for ``user_id`` and set its cookie; returns the token's store key."""
+    def can_send(self, handler: RequestHandler) -> bool:
+        """False for a Secure token cookie on a plain-HTTP request: it would travel in clear."""
+        return not self.cookie.effective_secure or handler.request.protocol == "https"
+
+    async def issue(
+        self, handler: RequestHandler, user_id: str, meta: Mapping[str, str] | None = None
+    ) -> str | None:
+        """Create a token for ``user_id`` and set its cookie; returns the token's store key.
+
+        Over plain HTTP with a Secure cookie policy nothing is issued (None): the token
+        would cross the network in clear text, and the browser would drop it anyway.
+        """
+        if not self.can_send(handler):
+            log_event(audit_log, logging.WARNING, "remember_not_issued", reason="secure cookie over plain http")
+            return None
         now = self.manager.clock()
         selector, validator = secrets.token_urlsafe(18), secrets.token_urlsafe(32)
         key = token_key(selector)
@@ -153,6 +166,8 @@ class RememberMe:
 
     async def restore(self, handler: RequestHandler) -> Restored | None:
         """Check the request's token; rotate it; None (cookie cleared) when it gives no one."""
+        if not self.can_send(handler):  # a token replayed over plain HTTP is not used (nor rotated)
+            return None
         parts = self._read_cookie(handler)
         if parts is None:
             return None
@@ -240,6 +255,10 @@ class RememberMe:
             return None
         now = self.manager.clock()
         session.user_id = restored.user_id
+        # What the app stored with the token about the credentials (e.g. a credentials
+        # version, "cv") comes along, so the app can refuse a token issued under a
+        # password that has changed since.
+        session.meta.update({k: v for k, v in restored.meta.items() if k not in ("ip", "ua")})
         session.meta.update(
             login=f"{now:.0f}",
             restored=KIND,

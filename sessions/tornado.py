@@ -30,7 +30,7 @@ from tornado.httputil import parse_cookie
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
-from .cookies import CookieOptions, get_sealed_json, set_sealed_json
+from .cookies import CookieOptions, get_sealed_json, restore_cookie_headers, set_sealed_json
 from .manager import CommitPlan, SessionManager
 from .session import Session
 from .stores.base import StoreError
@@ -79,6 +79,11 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
     _session_commit: asyncio.Future[None] | None = None
     _session_committed: bool = False
 
+    def clear(self) -> None:
+        """Tornado's ``clear()`` (also run by ``send_error``), keeping the cookies set so far."""
+        super().clear()
+        restore_cookie_headers(self)
+
     @property
     def session_manager(self) -> SessionManager:
         manager: SessionManager = self.application.settings["session_manager"]
@@ -96,7 +101,8 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
             except StoreError as exc:
                 log.error("session store failed on load: %s", exc)
                 raise HTTPError(503, reason="Session Store Unavailable") from exc
-            self.add_header("Vary", "Cookie")
+            if "cookie" not in self._headers.get("Vary", "").lower():
+                self.add_header("Vary", "Cookie")
             self.set_header("Cache-Control", "no-store")
         return self._session
 

@@ -102,7 +102,7 @@ async def test_production_never_sends_secure_cookie_over_plain_http(client, prod
 async def test_post_redirect_get_finds_the_data(client):
     await client.fetch("/")
     response = await client.fetch("/counter", "POST", body="_xsrf=" + client.jar.cookies["_xsrf"], follow=False)
-    assert response.code == 302 and response.headers["Location"] == "/"
+    assert response.code == 303 and response.headers["Location"] == "/"
     page = await client.fetch("/")
     assert re.search(rb'id="count">1<', page.body)
 

@@ -162,3 +162,88 @@ async def test_remember_must_be_a_boolean(client, remember):
     await register(client)
     payload = {"email": "ana@example.com", "password": PASSWORD, "remember": remember}
     assert (await call(client, "POST", "/auth/login", payload)).code == 400
+
+
+# -- found by attacking the running server ----------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_a_token_issued_by_a_login_that_raced_a_password_change_does_not_survive_it(client, new_client, app):
+    """Simulate the race's outcome: a remember-me login made with the old password
+    lands just after the change (its token was not there to be deleted)."""
+    await register(client)
+    attacker = new_client()
+    await call(attacker, "POST", "/auth/login", {"email": "ana@example.com", "password": PASSWORD, "remember": True})
+    token = attacker.jar.cookies["remember"]
+    accounts = app.settings["accounts"]
+    user = await accounts.users.by_email("ana@example.com")
+    await accounts.users.set_password(user.id, await accounts.hasher.hash("another good one"))  # no session ended
+    thief = new_client()
+    thief.jar.cookies["remember"] = token
+    assert (await call(thief, "GET", "/auth/profile")).code == 401
+    assert "remember" not in thief.jar.cookies  # cleared, and the token is gone from the store
+    again = new_client()
+    again.jar.cookies["remember"] = token
+    assert (await call(again, "GET", "/auth/profile")).code == 401
+
+
+@pytest.mark.gen_test
+async def test_a_rotated_token_reaches_the_browser_even_when_the_request_is_refused(client, new_client, clock):
+    device, _ = await remembered(client, new_client)
+    forget_session(device)
+    before = device.jar.cookies["remember"]
+    response = await call(device, "POST", "/auth/logout-all")  # restores, rotates, then 403 (step-up)
+    assert response.code == 403
+    assert set_cookie_headers(response, "remember") and device.jar.cookies["remember"] != before
+    clock.advance(120)  # long past the grace window: the browser's cookie is the new one
+    forget_session(device)
+    assert (await call(device, "GET", "/auth/profile")).code == 200
+    assert (await call(client, "GET", "/auth/profile")).code == 200  # no false theft alarm
+
+
+@pytest.mark.gen_test
+async def test_restores_count_against_the_session_cap(client, new_client, demo_config):
+    device, _ = await remembered(client, new_client)
+    for _ in range(demo_config.auth.max_sessions + 3):
+        forget_session(device)
+        assert (await call(device, "GET", "/auth/profile")).code == 200
+    listed = body(await call(device, "GET", "/auth/sessions"))["sessions"]
+    assert sum(s["kind"] == "session" for s in listed) <= demo_config.auth.max_sessions
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("production, trusted_proxies", [(True, ["127.0.0.1"])])
+async def test_no_token_is_issued_or_used_over_plain_http_in_production(new_client, production, trusted_proxies):
+    https = new_client(headers={"X-Forwarded-Proto": "https"})
+    await https.fetch("/auth/profile")
+    await https.fetch("/auth/register", "POST", json.dumps({"email": "ana@example.com", "name": "Ana", "password": PASSWORD}),
+                      headers={"Content-Type": "application/json"})
+    plain = new_client()
+    plain.jar.cookies.update({k: v for k, v in https.jar.cookies.items() if k != "__Host-sid"})
+    response = await plain.fetch(
+        "/auth/login", "POST", json.dumps({"email": "ana@example.com", "password": PASSWORD, "remember": True}),
+        headers={"Content-Type": "application/json", "X-XSRFToken": https.jar.cookies["__Host-xsrf"]},
+    )
+    assert response.code == 200 and not set_cookie_headers(response, "__Host-remember")
+    secure = new_client(headers={"X-Forwarded-Proto": "https"})
+    secure.jar.cookies.update(https.jar.cookies)
+    secure.jar.cookies.pop("__Host-sid", None)
+    response = await secure.fetch(
+        "/auth/login", "POST", json.dumps({"email": "ana@example.com", "password": PASSWORD, "remember": True}),
+        headers={"Content-Type": "application/json"},
+    )
+    [header] = set_cookie_headers(response, "__Host-remember")
+    assert "Secure" in header
+    replay = new_client()  # the token replayed over plain HTTP is neither used nor rotated
+    replay.jar.cookies["__Host-remember"] = secure.jar.cookies["__Host-remember"]
+    response = await replay.fetch("/auth/profile")
+    assert response.code == 401 and not set_cookie_headers(response, "__Host-remember")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("email", ["\ud800", "a\ud800@example.com", "ana@example.com\udfff"])
+async def test_lone_surrogates_are_a_400_not_a_500(client, email):
+    raw = json.dumps({"email": email, "password": PASSWORD})  # json.dumps escapes them as \\udxxx
+    assert "\\ud" in raw
+    response = await call(client, "POST", "/auth/login", raw)
+    assert response.code == 400
