@@ -114,7 +114,7 @@ class DemoConfig:
         if self.accounts is None:
             self.accounts = Accounts(
                 open_user_repository(self.store),
-                PasswordHasher(self.bcrypt_cost),
+                PasswordHasher(self.bcrypt_cost, observe=metrics.observe_hash),
                 RateLimiter(
                     self.store, "login", per_address=self.login_limit_address, per_account=self.login_limit_account
                 ),

@@ -24,6 +24,8 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
@@ -72,11 +74,18 @@ class PasswordHasher:
     """Hash and verify passwords in a thread pool; verify unknown users against a dummy hash."""
 
     def __init__(
-        self, cost: int = DEFAULT_COST, *, workers: int | None = None, niceness: int = HASHING_NICENESS
+        self,
+        cost: int = DEFAULT_COST,
+        *,
+        workers: int | None = None,
+        niceness: int = HASHING_NICENESS,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         if not 4 <= cost <= 31:
             raise ValueError("bcrypt cost must be between 4 and 31")
         self.cost = cost
+        #: Called with the seconds each hash or check took in the pool (for metrics).
+        self.observe = observe
         self._pool = ThreadPoolExecutor(
             max_workers=workers or min(4, usable_cpus()),
             thread_name_prefix="bcrypt",
@@ -89,6 +98,14 @@ class PasswordHasher:
     def _hash_sync(self, password: str) -> str:
         return SCHEME + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(self.cost)).decode("ascii")
 
+    def _timed(self, fn: Callable[..., object], *args: object) -> object:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started)
+
     @staticmethod
     def _verify_sync(password: str, stored: str) -> bool:
         if not stored.startswith(SCHEME):
@@ -100,15 +117,18 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """The stored form of a new password (call :func:`check_policy` first)."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hash_sync, password)
+        stored = await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, self._hash_sync, password)
+        return str(stored)
 
     async def verify(self, password: str, stored: str | None) -> bool:
         """True when ``password`` matches ``stored``; with None (no such user) hashes anyway, then False."""
         if len(password) > MAX_LENGTH:
             return False
         target = stored if stored is not None else self._dummy
-        matched = await asyncio.get_running_loop().run_in_executor(self._pool, self._verify_sync, password, target)
-        return matched and stored is not None
+        matched = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._timed, self._verify_sync, password, target
+        )
+        return bool(matched) and stored is not None
 
     def needs_rehash(self, stored: str) -> bool:
         """True when ``stored`` was made with another cost (rehash it at the next login)."""

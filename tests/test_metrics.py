@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from handlers import metrics
 from handlers.base import SECURITY_HEADERS
-from tests.demo_fixtures import demo_app_fixtures, open_demo_store
+from tests.demo_fixtures import demo_app_fixtures
 from tests.support import Client
 
 PASSWORD = "correct horse battery"
@@ -28,19 +28,7 @@ def configured():
     metrics.configure()
 
 
-@pytest.fixture
-def demo_store(request, tmp_path, io_loop):
-    store = open_demo_store("memory", request, tmp_path)
-    yield store
-    io_loop.run_sync(store.close)
-
-
 app, http_server = demo_app_fixtures()
-
-
-@pytest.fixture
-def client(http_client, base_url, app):
-    return Client(http_client, base_url)
 
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -176,3 +164,13 @@ def test_configure_is_idempotent():
     for name in ("sessions.audit", "sessions.security"):
         counters = [h for h in logging.getLogger(name).handlers if isinstance(h, metrics._EventCounter)]
         assert len(counters) == 1, name  # one counting handler: each event counted once
+
+
+@pytest.mark.gen_test
+async def test_password_hashing_time_is_observed(client):
+    from tests.test_auth_api import register
+
+    before = total(await scrape(client), "password_hash_seconds_count")
+    await register(client)
+    after = total(await scrape(client), "password_hash_seconds_count")
+    assert after >= before + 1
