@@ -309,6 +309,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         raise SystemExit("error: --bcrypt-cost must be between 4 and 31")
     if args.max_sessions < 1:
         raise SystemExit("error: --max-sessions must be at least 1")
+    if not args.remember_days > 0:
+        raise SystemExit("error: --remember-days must be a positive number of days")
+    if args.remember_grace < 0 or args.reauth_after < 0:
+        raise SystemExit("error: --remember-grace and --reauth-after must not be negative")
     if not args.ws_recheck > 0:
         raise SystemExit("error: --ws-recheck must be a positive number of seconds")
     try:

@@ -446,3 +446,23 @@ def test_server_process_behind_a_trusted_proxy(tmp_path):
         assert reply.startswith(b"HTTP/1.1 413 "), reply[:200]
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--remember-days", "0"],
+        ["--remember-days", "-1"],
+        ["--remember-grace", "-5"],
+        ["--reauth-after", "-1"],
+        ["--max-sessions", "0"],
+        ["--bcrypt-cost", "3"],
+        ["--login-limit", "many"],
+        ["--processes", "-1"],
+    ],
+)
+def test_bad_account_flags_are_refused_with_a_message_not_a_traceback(tmp_path, monkeypatch, flags):
+    monkeypatch.setenv("SESSION_KEYS", generate_key())
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--data-dir", str(tmp_path), "--store", "memory://", *flags])
+    assert str(info.value).startswith("error:")

@@ -2,7 +2,8 @@
 
 The registry maps a URL scheme to a factory named as ``"module:callable"`` so that a
 backend's driver (pymongo, redis, psycopg) is imported only when that backend is
-used. A factory takes the URL and keyword options; :func:`open_store` checks the
+used. A factory takes the URL and keyword options (a store class whose constructor
+takes a URL is its own factory); :func:`open_store` checks the
 options against the factory's signature first, so a misspelt option is a clear
 ``ValueError`` instead of being dropped.
 """
@@ -82,6 +83,6 @@ def open_store(url: str, **options: object) -> Store:
 
 register_store("memory", "sessions.stores.memory:MemoryStore.from_url")
 register_store("sqlite", "sessions.stores.sqlite:SQLiteStore.from_url")
-register_store(("mongodb", "mongodb+srv"), "sessions.stores.mongo:MongoStore.from_url")
-register_store(("redis", "rediss", "redis+cluster", "rediss+cluster"), "sessions.stores.redis:RedisStore.from_url")
-register_store(("postgresql", "postgres"), "sessions.stores.postgres:PostgresStore.from_url")
+register_store(("mongodb", "mongodb+srv"), "sessions.stores.mongo:MongoStore")
+register_store(("redis", "rediss", "redis+cluster", "rediss+cluster"), "sessions.stores.redis:RedisStore")
+register_store(("postgresql", "postgres"), "sessions.stores.postgres:PostgresStore")

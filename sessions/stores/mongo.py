@@ -243,35 +243,6 @@ class MongoStore(Store):
         self._setup_lock = asyncio.Lock()
         self._prune_task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        database: str | None = None,
-        collection: str = DEFAULT_COLLECTION,
-        expiry_mode: ExpiryMode = "auto",
-        prune_interval: float = 60.0,
-        server_selection_timeout: float | None = None,
-        connect_timeout: float | None = None,
-        socket_timeout: float | None = None,
-        client_options: Mapping[str, Any] | None = None,
-        clock: Clock = time.time,
-    ) -> MongoStore:
-        """The store for a ``mongodb://`` or ``mongodb+srv://`` URL (what ``open_store`` calls)."""
-        return cls(
-            url,
-            database=database,
-            collection=collection,
-            expiry_mode=expiry_mode,
-            prune_interval=prune_interval,
-            server_selection_timeout=server_selection_timeout,
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            client_options=client_options,
-            clock=clock,
-        )
-
     # -- public extras -------------------------------------------------------
 
     @property

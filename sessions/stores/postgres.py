@@ -192,25 +192,6 @@ class PostgresStore(Store):
         self._setup_lock = asyncio.Lock()
         self._prune_task: asyncio.Task[None] | None = None
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        table: str = DEFAULT_TABLE,
-        schema: str | None = None,
-        counter_table: str = DEFAULT_COUNTER_TABLE,
-        pool_size: int = DEFAULT_POOL_SIZE,
-        timeout: float = DEFAULT_TIMEOUT,
-        prune_interval: float | None = DEFAULT_PRUNE_INTERVAL,
-        clock: Clock = time.time,
-    ) -> PostgresStore:
-        """The ``open_store`` factory for ``postgresql://`` and ``postgres://``."""
-        return cls(
-            url, table=table, schema=schema, counter_table=counter_table, pool_size=pool_size,
-            timeout=timeout, prune_interval=prune_interval, clock=clock,
-        )  # fmt: skip
-
     @staticmethod
     def _pool_from_url(url: str, pool_size: int, timeout: float) -> Pool:
         kwargs: dict[str, Any] = {

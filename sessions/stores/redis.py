@@ -312,23 +312,6 @@ class RedisStore(Store):
         self._index_add, self._index_members = script(_INDEX_ADD), script(_INDEX_MEMBERS)
         self._hit = script(_HIT)
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        timeout: float = DEFAULT_TIMEOUT,
-        max_connections: int | None = None,
-        index_slack: float = DEFAULT_INDEX_SLACK,
-        clock: Clock = time.time,
-    ) -> RedisStore:
-        """The ``open_store`` factory for ``redis://``, ``rediss://`` and ``redis+cluster://``."""
-        return cls(
-            url, prefix=prefix, timeout=timeout, max_connections=max_connections,
-            index_slack=index_slack, clock=clock,
-        )  # fmt: skip
-
     @staticmethod
     def _client_from_url(url: str, timeout: float, max_connections: int | None) -> Redis | RedisCluster:
         parts = urlsplit(url)
