@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -137,7 +138,13 @@ def session_options_for(production: bool) -> SessionOptions:
 
 def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
     """The demo application (tests build it directly)."""
-    manager = SessionManager(config.store, config.keys, config.session_options)
+    # The per-user session cap and the address binding are the manager's, so that
+    # every way a session is created or used (pages, API, restores, websockets) obeys them.
+    options = dataclasses.replace(
+        config.session_options, max_user_sessions=config.auth.max_sessions, bind_address=config.auth.bind_ip
+    )
+    manager = SessionManager(config.store, config.keys, options)
+    accounts = config.build_accounts()
     cookie = config.session_options.cookie
     xsrf_kwargs: dict[str, Any] = {"samesite": "Lax", "path": "/", "secure": cookie.effective_secure}
     routes = [  # Tornado tries these in order: the hottest paths first
@@ -170,8 +177,10 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         socket_registry=SocketRegistry.attach(manager, recheck_interval=config.ws_recheck_interval),
         websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
         websocket_ping_interval=30,
-        accounts=config.build_accounts(),
-        remember_me=RememberMe(manager, config.remember),
+        accounts=accounts,
+        # Theft ends every login of the user through the credentials version first, so
+        # that a restore racing the detection cannot keep its session.
+        remember_me=RememberMe(manager, config.remember, on_theft=accounts.revoke_logins),
         auth=config.auth,
         log_function=metrics.observe_request,
         production=config.production,

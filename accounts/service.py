@@ -14,6 +14,7 @@ fit for the user; the rules that matter for security are here:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -91,19 +92,47 @@ class Accounts:
     async def verify_password(self, user: User, password: str) -> bool:
         return await self.hasher.verify(password, user.password_hash)
 
-    async def change_password(self, user: User, current: str, new: str) -> User:
-        if not await self.hasher.verify(current, user.password_hash):
-            raise AccountError(403, "the current password is incorrect", field="current")
+    async def check_password(self, user: User, password: str, address: str) -> Decision:
+        """A password typed by a logged-in user (step-up, password change), counted like a login.
+
+        Raises AccountError 429 when the address or the account is over the login limit
+        and 403 when the password is wrong: without the count, a stolen session would be
+        an unlimited password oracle.
+        """
+        decision = await self.login_limiter.attempt(address, user.email)
+        if not decision.allowed:
+            raise AccountError(429, "too many attempts; try again later", limit=decision)
+        if not await self.hasher.verify(password, user.password_hash):
+            raise AccountError(403, "the current password is incorrect", field="current", limit=decision)
+        await self.login_limiter.succeeded(user.email)
+        return decision
+
+    async def change_password(self, user: User, current: str, new: str, address: str) -> User:
+        """Check ``current`` (rate-limited), then store ``new`` only if nobody changed it meanwhile.
+
+        The write is conditional on the credentials version the caller's login was
+        checked against: of two changes at once, one wins and the other gets 409.
+        """
         try:
             check_policy(new)
         except PasswordPolicyError as exc:
             raise AccountError(400, str(exc), field="new") from None
-        version = await self.users.set_password(user.id, await self.hasher.hash(new))
+        await self.check_password(user, current, address)
+        password_hash = await self.hasher.hash(new)
+        version = await self.users.set_password(user.id, password_hash, expected_version=user.credentials_version)
         if version is None:
-            raise AccountError(404, "no such user")
-        refreshed = await self.users.by_id(user.id)
-        assert refreshed is not None
-        return refreshed
+            raise AccountError(409, "the password was changed meanwhile; log in again")
+        return dataclasses.replace(user, password_hash=password_hash, credentials_version=version)
+
+    async def revoke_logins(self, user_id: str) -> int | None:
+        """End every login of the user at once (log out everywhere, token theft).
+
+        Bumps the credentials version: sessions and remember-me tokens carry the version
+        they were issued under, and one issued under an older version is no login, even
+        if a request that raced the revocation creates it afterwards. Returns the new
+        version (None: no such user).
+        """
+        return await self.users.set_password(user_id, None)
 
     async def rename(self, user: User, name: str) -> User:
         try:

@@ -91,8 +91,17 @@ class UserRepository(abc.ABC):
         """Change the display name; False when there is no such user."""
 
     @abc.abstractmethod
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
-        """Store a new hash and bump the credentials version; the new version, or None."""
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
+        """Bump the credentials version (and store ``password_hash`` unless None), atomically.
+
+        With ``expected_version``, only while the stored version is still that one: of two
+        password changes made from the same version, exactly one wins. Returns the new
+        version, or None when there is no such user or the version has moved on.
+        ``password_hash=None`` bumps the version alone (log out everywhere, token theft):
+        every session and token issued under the old version stops counting as a login.
+        """
 
     async def close(self) -> None:
         return None

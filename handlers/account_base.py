@@ -22,7 +22,7 @@ from typing import Any
 from tornado.web import HTTPError
 
 from accounts.ratelimit import Decision
-from accounts.service import Accounts
+from accounts.service import AccountError, Accounts
 from accounts.users import User
 from sessions import RememberMe, Session
 from sessions.events import audit_log, log_event, short_key
@@ -89,11 +89,10 @@ class AccountHandler(PreferencesMixin):
         user_id = session.user_id
         if user_id is None:
             return None
+        # (An address change under --bind-ip ends the session in the manager, on every route.)
         reason = None
-        if self.auth.bind_ip and session.meta.get("ip") not in (None, self.request.remote_ip):
-            reason = "address_changed"
-        user = None if reason else await self.accounts.users.by_id(user_id)
-        if reason is None and user is None:
+        user = await self.accounts.users.by_id(user_id)
+        if user is None:
             reason = "user_gone"
         if user is not None and session.meta.get("cv") != str(user.credentials_version):
             # Issued under a password that has changed since (a login or a remember-me
@@ -109,8 +108,6 @@ class AccountHandler(PreferencesMixin):
             if restored and self.remember_me is not None:
                 await self.remember_me.forget(self)  # the token that brought it back goes too
             return None
-        if session.is_new and session.meta.get("restored"):
-            await self._enforce_session_cap(user, keep=None)  # a restore is a login too
         self._account = user
         self.current_user = user
         return user
@@ -131,8 +128,10 @@ class AccountHandler(PreferencesMixin):
         """
         session = await self.get_session()
         old_key = session.key
-        # A visitor's data (counter, flashes) comes along; another user's never does.
+        # A visitor's data (the counter) comes along; another user's never does. Flash
+        # messages queued before the login were for the visitor, not for this user.
         session.regenerate(keep_data=session.user_id in (None, user.id))
+        session.discard_flashes()
         session.user_id = user.id
         session.meta.clear()
         session.meta.update(
@@ -141,24 +140,14 @@ class AccountHandler(PreferencesMixin):
             ua=self.request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
             cv=str(user.credentials_version),
         )
-        await self._enforce_session_cap(user, keep=old_key)
+        # The session cap (--max-sessions) is the manager's: it ends the oldest sessions
+        # after this one is stored, whichever way a session is created.
         if remember and self.remember_me is not None:
             await self.remember_me.issue(self, user.id, {**self._client_meta(), "cv": str(user.credentials_version)})
         self._account, self._account_loaded, self.current_user = user, True, user
         self.live_notice(user.id, "login", exclude_key=old_key, ip=session.meta["ip"], user_agent=session.meta["ua"])
         log_event(audit_log, logging.INFO, "login_success", user=user.id, remote=self.request.remote_ip)
         return session
-
-    async def _enforce_session_cap(self, user: User, *, keep: str | None) -> None:
-        """End the user's oldest sessions so that, with the new one, there are at most max_sessions."""
-        store = self.session_manager.store
-        others = [(key, rec) for key, rec in await store.list_user(user.id) if key != keep and not is_token(rec)]
-        excess = len(others) - (self.auth.max_sessions - 1)
-        if excess <= 0:
-            return
-        for key, _ in sorted(others, key=lambda item: item[1].created)[:excess]:
-            await self.session_manager.end_session(key)
-            log_event(audit_log, logging.INFO, "session_cap", user=user.id, ended=short_key(key))
 
     async def log_out(self) -> None:
         session = await self.get_session()
@@ -173,10 +162,31 @@ class AccountHandler(PreferencesMixin):
 
     async def log_out_everywhere(self, user: User) -> int:
         self.live_notice(user.id, "logout_everywhere")  # then their sockets close with 1008
+        # First the version (a restore racing this creates its session under the old
+        # one, which no longer counts), then the records themselves.
+        await self.accounts.revoke_logins(user.id)
         ended = await self.session_manager.destroy_user_sessions(user.id)
         await self.log_out()
         log_event(audit_log, logging.INFO, "logout_everywhere", user=user.id, count=ended)
         return ended
+
+    async def change_password(self, user: User, current: str, new: str) -> int:
+        """Change the password (current one checked and counted like a login), end the other sessions.
+
+        Returns how many other sessions ended. Raises AccountError (403 wrong password,
+        429 over the limit, 409 when another change won the race, 400 bad new password).
+        """
+        try:
+            changed = await self.accounts.change_password(user, current, new, self.request.remote_ip or "")
+        except AccountError as error:
+            if error.status == 403:
+                log_event(audit_log, logging.WARNING, "password_check_failure", user=user.id,
+                          action="password_change", remote=self.request.remote_ip)
+            elif error.status == 409:
+                log_event(audit_log, logging.WARNING, "password_change_conflict", user=user.id,
+                          remote=self.request.remote_ip)
+            raise
+        return await self.after_password_change(changed)
 
     async def after_password_change(self, user: User) -> int:
         """Keep this session (under a new ID) and end every other session of the user."""
@@ -207,14 +217,15 @@ class AccountHandler(PreferencesMixin):
 
     async def reauthenticate(self, user: User, password: str) -> bool:
         """Confirm the password for sensitive actions; counted like a login attempt."""
-        decision = await self.accounts.login_limiter.attempt(self.request.remote_ip or "", user.email)
-        self.rate_limit_headers(decision)
-        if not decision.allowed:
-            raise HTTPError(429, "too many attempts; try again later")
-        if not await self.accounts.verify_password(user, password):
+        try:
+            decision = await self.accounts.check_password(user, password, self.request.remote_ip or "")
+        except AccountError as error:
+            self.rate_limit_headers(error.limit)
+            if error.status == 429:
+                raise HTTPError(429, "too many attempts; try again later") from None
             log_event(audit_log, logging.WARNING, "reauth_failure", user=user.id, remote=self.request.remote_ip)
             return False
-        await self.accounts.login_limiter.succeeded(user.email)
+        self.rate_limit_headers(decision)
         session = await self.get_session()
         session.meta["reauth"] = f"{self.session_manager.clock():.0f}"
         session.meta.pop("restored", None)

@@ -293,11 +293,10 @@ class PasswordForm(AccountPageBase):
         try:
             if problem:
                 raise problem
-            user = await self.accounts.change_password(self.user, values["current"], values["new"])
+            ended = await self.change_password(self.user, values["current"], values["new"])
         except AccountError as error:
             await self.render_account(error.status, errors=self.refused(error))
             return
-        ended = await self.after_password_change(user)
         others = f"{ended} other session{'' if ended == 1 else 's'} ended" if ended else "no other session was open"
         self.redirect_with_flash("/account", f"Your password is changed; {others}.")
 

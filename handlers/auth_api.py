@@ -94,11 +94,10 @@ class PasswordAPI(AuthAPIHandler):
         await self.require_fresh()
         data = self.json_body(current=MAX_PASSWORD, new=MAX_PASSWORD)
         try:
-            user = await self.accounts.change_password(user, data["current"], data["new"])
+            ended = await self.change_password(user, data["current"], data["new"])
         except AccountError as error:
             self.fail(error)
             return
-        ended = await self.after_password_change(user)
         self.write({"ok": True, "other_sessions_ended": ended})
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from tornado.escape import xhtml_escape
 from tornado.web import HTTPError, RequestHandler
 
-from sessions import SessionMixin
+from sessions import SessionMixin, StoreError
 from sessions.events import event_line, log_event
 
 log = logging.getLogger("demo")
@@ -108,6 +108,12 @@ class SecureHeadersMixin(RequestHandler):
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(page)
 
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """A store that fails anywhere (sessions, users, rate limits) is a 503 with Retry-After, not a 500."""
+        if status_code == 500 and isinstance(kwargs.get("exc_info", (None, None, None))[1], StoreError):
+            status_code, kwargs["reason"] = 503, "Session Store Unavailable"
+        super().send_error(status_code, **kwargs)
+
     def log_exception(
         self,
         typ: type[BaseException] | None,
@@ -117,6 +123,9 @@ class SecureHeadersMixin(RequestHandler):
         """One JSON line per error: client-controlled values (path, messages) are quoted."""
         request = self.request
         fields = {"method": request.method, "path": request.path, "remote": request.remote_ip}
+        if isinstance(value, StoreError):  # expected in an outage: one line, no traceback
+            log_event(log, logging.ERROR, "store_unavailable", error=str(value)[:300], **fields)
+            return
         if isinstance(value, HTTPError):
             if value.log_message:
                 level = logging.WARNING if value.status_code < 500 else logging.ERROR

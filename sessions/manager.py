@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 from tornado.web import RequestHandler
 
 from .cookies import CookieOptions, clear_cookie, log_rejected_cookie, set_cookie
-from .events import audit_log, log_event, short_key
+from .events import audit_log, log_event, security_log, short_key
 from .keys import KeyRing
 from .session import Session
 from .stores.base import KEEP, Clock, Record, Store
@@ -37,6 +37,15 @@ log = logging.getLogger("sessions")
 #: OWASP / NIST SP 800-63B AAL2: inactivity at most 1 h, overall at most 24 h.
 DEFAULT_IDLE_TIMEOUT = 30 * 60
 DEFAULT_ABSOLUTE_TIMEOUT = 12 * 60 * 60
+#: Largest stored session (keys and JSON values, in UTF-8 bytes): well under the
+#: 256 KiB where each load starts to cost milliseconds, far above any sane use.
+DEFAULT_MAX_SESSION_BYTES = 64 * 1024
+#: The session metadata key that holds the client address when sessions are bound to it.
+ADDRESS_META_KEY = "ip"
+
+
+class SessionTooLarge(ValueError):
+    """A request would store more than ``max_session_bytes``; nothing of it is stored (413)."""
 
 
 def default_id_generator() -> str:
@@ -69,12 +78,24 @@ class SessionOptions:
     absolute_timeout: float = DEFAULT_ABSOLUTE_TIMEOUT
     touch_after: float = 60.0
     id_generator: Callable[[], str] = default_id_generator
+    #: Refuse (413, nothing stored) a commit that would make the stored session larger.
+    max_session_bytes: int = DEFAULT_MAX_SESSION_BYTES
+    #: At most this many sessions per user (None: no cap). Enforced after every
+    #: store write that creates a session with a user (login, regenerate, remember-me
+    #: restore): the user's oldest sessions end first.
+    max_user_sessions: int | None = None
+    #: End a session when a request comes from another client address than the one
+    #: that created it (``meta["ip"]``, recorded by the manager). Applies to every
+    #: request that loads the session, websocket handshakes included.
+    bind_address: bool = False
 
     def __post_init__(self) -> None:
         if self.idle_timeout <= 0 or self.absolute_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.touch_after < 0:
             raise ValueError("touch_after must be >= 0")
+        if self.max_session_bytes <= 0 or (self.max_user_sessions is not None and self.max_user_sessions < 1):
+            raise ValueError("max_session_bytes and max_user_sessions must be positive")
 
 
 def hash_session_id(session_id: str) -> str:
@@ -184,6 +205,16 @@ class SessionManager:
             await self.store.destroy(key)
             self._notify("session_ended", key)
             return self.new_session(now)
+        if self.options.bind_address and record.meta.get(ADDRESS_META_KEY, handler.request.remote_ip) != (
+            handler.request.remote_ip
+        ):
+            log_event(
+                security_log, logging.WARNING, "session_address_changed", key=short_key(key),
+                user=record.user_id, remote=handler.request.remote_ip,
+            )
+            await self.store.destroy(key)
+            self._notify("session_ended", key)
+            return self.new_session(now)
         session = Session(
             session_id,
             key,
@@ -227,10 +258,12 @@ class SessionManager:
                     hint="behind a TLS proxy? list it as a trusted proxy so X-Forwarded-Proto counts",
                 )
                 return None
-            return CommitPlan(
-                "create", now, "set", items=session.all_items(), user_id=session.user_id,
-                meta=dict(session.meta), drop_key=old_key,
-            )
+            items = session.all_items()
+            self._check_size(items, session.meta)
+            meta = dict(session.meta)
+            if options.bind_address:
+                meta[ADDRESS_META_KEY] = handler.request.remote_ip or ""
+            return CommitPlan("create", now, "set", items=items, user_id=session.user_id, meta=meta, drop_key=old_key)
 
         if session.is_empty:  # the handler removed everything: empty sessions are not kept
             return CommitPlan("destroy", now, "clear", drop_key=session.key)
@@ -238,6 +271,8 @@ class SessionManager:
         resend = options.rolling or session.resend_cookie
         cookie: CookieAction = "set" if resend and self.can_send_cookie(handler) else "keep"
         set_items, unset_keys = session.changes()
+        if set_items or session.meta_changed:
+            self._check_size(session.applied(set_items, unset_keys), session.meta)
         if set_items or unset_keys or session.user_changed or session.meta_changed or options.resave:
             return CommitPlan(
                 "update", now, cookie, items=set_items, unset_keys=unset_keys,
@@ -249,6 +284,17 @@ class SessionManager:
         if cookie == "set":
             return CommitPlan("none", now, cookie)
         return None
+
+    def _check_size(self, items: Mapping[str, str], meta: Mapping[str, str]) -> None:
+        limit = self.options.max_session_bytes
+        pairs = [*items.items(), *meta.items()]
+        size = sum(len(name) + len(text) for name, text in pairs)
+        if size * 4 > limit:  # characters first: UTF-8 takes at most 4 bytes for each
+            size = sum(len(name.encode()) + len(text.encode()) for name, text in pairs)
+        if size > limit:
+            raise SessionTooLarge(
+                f"the session would hold {size} bytes; the limit is {limit}"
+            )
 
     def commit_needed(self, handler: RequestHandler, session: Session) -> bool:
         """False when committing would neither write nor set a cookie."""
@@ -309,6 +355,28 @@ class SessionManager:
             await self.store.destroy(plan.drop_key)
             self._notify("session_renamed", plan.drop_key, key)
             log_event(audit_log, logging.INFO, "session_regenerated", old=short_key(plan.drop_key), new=short_key(key))
+        if self.options.max_user_sessions is not None and isinstance(plan.user_id, str):
+            await self.enforce_user_cap(plan.user_id)
+
+    async def enforce_user_cap(self, user_id: str) -> int:
+        """End the user's oldest sessions beyond ``max_user_sessions``; returns how many.
+
+        Runs after the new session is stored, and every racing creator orders the
+        sessions the same way (newest first, then by key), so parallel logins and
+        restores converge on the same survivors instead of each sparing itself.
+        Remember-me tokens are not sessions and do not count.
+        """
+        cap = self.options.max_user_sessions
+        if cap is None:
+            return 0
+        sessions = [(key, record) for key, record in await self.store.list_user(user_id) if "kind" not in record.meta]
+        if len(sessions) <= cap:
+            return 0
+        sessions.sort(key=lambda item: (item[1].created, item[0]), reverse=True)
+        for key, _ in sessions[cap:]:
+            await self.end_session(key)
+            log_event(audit_log, logging.INFO, "session_cap", user=user_id, ended=short_key(key))
+        return len(sessions) - cap
 
     def _set_cookie(self, handler: RequestHandler, session: Session, now: float) -> None:
         assert session.id is not None

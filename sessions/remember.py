@@ -33,7 +33,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from tornado.web import RequestHandler
@@ -96,9 +96,20 @@ class Restored:
 class RememberMe:
     """Issue, use, rotate and forget remember-me tokens in the session store."""
 
-    def __init__(self, manager: SessionManager, options: RememberOptions | None = None) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        options: RememberOptions | None = None,
+        *,
+        on_theft: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
+        """``on_theft(user_id)`` runs when theft is detected, before the user's sessions and
+        tokens are deleted: invalidate the user's logins there at once (bump a credentials
+        version that every request checks). Deleting records alone cannot stop a restore
+        that checked its token just before the deletion and creates its session after it."""
         self.manager = manager
         self.options = options or RememberOptions()
+        self.on_theft = on_theft
         base = self.options.cookie or manager.options.cookie
         self.cookie = base.with_(max_age=self.options.max_age)
         self.cookie_full_name = self.cookie.full_name(self.options.cookie_name)
@@ -202,11 +213,9 @@ class RememberMe:
         """Rotate the validator; True if this request won (and sent the new cookie)."""
         new_validator = secrets.token_urlsafe(32)
         new_item = f"v:{_digest(new_validator)}"
-        stale = [
-            name
-            for name, at in record.data.items()
-            if name.startswith("p:") and now - float(json.loads(at)) > self.options.grace
-        ]
+        # Only the validator being replaced stays usable for the grace window: every
+        # older one goes now, however recent its own rotation was.
+        stale = [name for name in record.data if name.startswith("p:") and name != f"p:{digest}"]
         added = await self.store.update(
             key,
             set_items={new_item: json.dumps(now), f"p:{digest}": json.dumps(now)},
@@ -232,6 +241,8 @@ class RememberMe:
             audit_log, logging.WARNING, "remember_theft", user=user_id, token=short_key(key),
             remote=handler.request.remote_ip,
         )
+        if self.on_theft is not None:
+            await self.on_theft(user_id)
         await self.manager.destroy_user_sessions(user_id)  # sessions and tokens alike
         self.clear_cookie(handler)
 

@@ -25,6 +25,8 @@ from typing import Any
 
 #: Session keys that start with this hold one flash message each: ``[category, text]``.
 FLASH_PREFIX = "_flash:"
+#: Most flash messages queued in one session; queueing more drops the oldest.
+MAX_FLASHES = 100
 
 _IMMUTABLE = (str, int, float, bool, type(None))
 
@@ -177,7 +179,15 @@ class Session(MutableMapping[str, Any]):
         # Time first so that names sort oldest first; the random tail keeps messages
         # queued in the same nanosecond (or by another process) apart.
         name = f"{FLASH_PREFIX}{time.time_ns():016x}{secrets.token_hex(4)}"
+        queued = sorted(key for key in self._data if key.startswith(FLASH_PREFIX))
+        for oldest in queued[: max(len(queued) - MAX_FLASHES + 1, 0)]:
+            del self[oldest]  # a bounded queue: nobody reads a hundred messages
         self[name] = [category, message]
+
+    def discard_flashes(self) -> None:
+        """Drop every queued message (login: a message queued for the visitor is not the user's)."""
+        for name in [key for key in self._data if key.startswith(FLASH_PREFIX)]:
+            del self[name]
 
     def flash_names(self, category: str | None = None) -> tuple[list[str], list[str]]:
         """Queued messages of ``category`` (all: None), oldest first, as (stored, unsaved) key names."""

@@ -31,7 +31,8 @@ from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from .cookies import CookieOptions, get_sealed_json, restore_cookie_headers, set_sealed_json
-from .manager import CommitPlan, SessionManager
+from .events import log_event, security_log
+from .manager import CommitPlan, SessionManager, SessionTooLarge
 from .session import Session
 from .stores.base import StoreError
 
@@ -141,7 +142,18 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
         session = self._session
         if session is None or self._status_code >= 500 or self._finished:
             return super().finish(chunk)
-        plan = self.session_manager.plan(self, session)
+        try:
+            plan = self.session_manager.plan(self, session)
+        except SessionTooLarge as exc:
+            # Nothing of this request is stored; what was stored before stays.
+            log_event(security_log, logging.WARNING, "session_too_large", detail=str(exc),
+                      path=self.request.path, remote=self.request.remote_ip)
+            self._session = None
+            self.clear()
+            self.send_error(413, reason="Session Too Large")
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         if plan is None:
             return super().finish(chunk)
         if chunk is not None:

@@ -213,12 +213,12 @@ async def test_concurrent_registrations_of_one_email_make_one_account(accounts):
 async def test_change_password_needs_the_current_one(accounts):
     user = await accounts.register("ana@example.com", "Ana", "correct horse battery", "203.0.113.1")
     with pytest.raises(AccountError) as info:
-        await accounts.change_password(user, "not the password", "another good password")
+        await accounts.change_password(user, "not the password", "another good password", "203.0.113.1")
     assert info.value.status == 403
     with pytest.raises(AccountError) as info:
-        await accounts.change_password(user, "correct horse battery", "short")
+        await accounts.change_password(user, "correct horse battery", "short", "203.0.113.1")
     assert info.value.status == 400 and info.value.field == "new"
-    changed = await accounts.change_password(user, "correct horse battery", "another good password")
+    changed = await accounts.change_password(user, "correct horse battery", "another good password", "203.0.113.1")
     assert changed.credentials_version == 2
     await accounts.authenticate("ana@example.com", "another good password", "203.0.113.1")
     with pytest.raises(AccountError):
@@ -251,3 +251,43 @@ def test_the_pool_follows_the_cpus_this_process_may_use(monkeypatch):
         assert hasher._pool._max_workers == 1
     finally:
         hasher.close()
+
+
+@pytest.mark.gen_test
+async def test_password_change_check_is_rate_limited_and_audited(accounts, caplog):
+    """A stolen session is no unlimited password oracle: the current-password check is a login attempt."""
+    user = await accounts.register("oracle@example.com", "O", "correct horse battery", "203.0.113.1")
+    statuses = []
+    for _ in range(8):
+        try:
+            await accounts.change_password(user, "wrong guess 123", "another good password", "203.0.113.9")
+        except AccountError as error:
+            statuses.append(error.status)
+    assert statuses[:5] == [403] * 5 and set(statuses[5:]) == {429}
+    with pytest.raises(AccountError) as info:  # the right password is refused too while limited
+        await accounts.change_password(user, "correct horse battery", "another good password", "203.0.113.9")
+    assert info.value.status == 429 and info.value.limit is not None
+    assert (await accounts.users.by_id(user.id)).credentials_version == 1
+
+
+@pytest.mark.gen_test
+async def test_two_password_changes_at_once_one_wins(accounts):
+    user = await accounts.register("twice@example.com", "T", "correct horse battery", "203.0.113.1")
+    results = await asyncio.gather(
+        accounts.change_password(user, "correct horse battery", "first new password", "203.0.113.1"),
+        accounts.change_password(user, "correct horse battery", "second new password", "203.0.113.2"),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, AccountError)]
+    assert len(won) == 1 and len(lost) == 1 and lost[0].status == 409
+    assert won[0].credentials_version == 2
+    stored = await accounts.users.by_id(user.id)
+    assert stored.credentials_version == 2 and stored.password_hash == won[0].password_hash
+
+
+@pytest.mark.gen_test
+async def test_revoke_logins_bumps_the_version(accounts):
+    user = await accounts.register("bump@example.com", "B", "correct horse battery", "203.0.113.1")
+    assert await accounts.revoke_logins(user.id) == 2
+    await accounts.authenticate("bump@example.com", "correct horse battery", "203.0.113.1")

@@ -223,7 +223,7 @@ async def test_a_stale_login_is_refused(new_client, connect, app):
     old.jar.cookies.update(ana.jar.cookies)
     accounts = app.settings["accounts"]
     user = await accounts.users.by_email("ana@example.com")
-    await accounts.change_password(user, PASSWORD, "a brand new password")
+    await accounts.change_password(user, PASSWORD, "a brand new password", "127.0.0.1")
     assert await refused(connect, old) == 403
 
 

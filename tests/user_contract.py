@@ -66,6 +66,31 @@ class UserRepositoryContract:
         assert await users.set_password(new_user_id(), "x") is None
 
     @pytest.mark.gen_test
+    async def test_password_change_is_conditional_on_the_version(self, users: UserRepository) -> None:
+        """Two changes made from the same version: exactly one wins, the other writes nothing."""
+        user = make_user()
+        await users.add(user)
+        results = await asyncio.gather(
+            *(users.set_password(user.id, f"bcrypt-sha256$racer{i}", expected_version=1) for i in range(6))
+        )
+        assert sorted(results, key=lambda r: r or 0) == [None] * 5 + [2]
+        winner = results.index(2)
+        stored = await users.by_id(user.id)
+        assert stored.password_hash == f"bcrypt-sha256$racer{winner}" and stored.credentials_version == 2
+        assert await users.set_password(user.id, "bcrypt-sha256$late", expected_version=1) is None
+        assert (await users.by_id(user.id)).password_hash == f"bcrypt-sha256$racer{winner}"
+        assert await users.set_password(user.id, "bcrypt-sha256$next", expected_version=2) == 3
+
+    @pytest.mark.gen_test
+    async def test_bumping_the_version_alone_keeps_the_password(self, users: UserRepository) -> None:
+        user = make_user()
+        await users.add(user)
+        assert await users.set_password(user.id, None) == 2
+        stored = await users.by_id(user.id)
+        assert stored.password_hash == user.password_hash and stored.credentials_version == 2
+        assert await users.set_password(new_user_id(), None) is None
+
+    @pytest.mark.gen_test
     async def test_lookups_take_values_not_operators(self, users: UserRepository) -> None:
         await users.add(make_user())
         for probe in ('{"$gt": ""}', "' OR '1'='1", "%", "*", ".*", "ana@example.com\x00"):

@@ -43,10 +43,14 @@ class MemoryUsers(UserRepository):
         self._by_id[user_id] = dataclasses.replace(user, name=name)
         return True
 
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
         user = self._by_id.get(user_id)
-        if user is None:
+        if user is None or expected_version not in (None, user.credentials_version):
             return None
         version = user.credentials_version + 1
-        self._by_id[user_id] = dataclasses.replace(user, password_hash=password_hash, credentials_version=version)
+        self._by_id[user_id] = dataclasses.replace(
+            user, password_hash=password_hash or user.password_hash, credentials_version=version
+        )
         return version

@@ -79,12 +79,18 @@ class MongoUsers(UserRepository):
         result = await self._call(lambda: self._users.update_one({"_id": str(user_id)}, {"$set": {"name": name}}))
         return bool(result.matched_count == 1)
 
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
+        query: dict[str, Any] = {"_id": str(user_id)}
+        if expected_version is not None:
+            version: dict[str, Any] = {"credentials_version": int(expected_version)}
+            # Users stored before the field existed are at version 1.
+            query["$or"] = [version, {"credentials_version": {"$exists": False}}] if expected_version == 1 else [version]
+        change: dict[str, Any] = {"$inc": {"credentials_version": 1}}
+        if password_hash is not None:
+            change["$set"] = {"password_hash": password_hash}
         doc = await self._call(
-            lambda: self._users.find_one_and_update(
-                {"_id": str(user_id)},
-                {"$set": {"password_hash": password_hash}, "$inc": {"credentials_version": 1}},
-                return_document=ReturnDocument.AFTER,
-            )
+            lambda: self._users.find_one_and_update(query, change, return_document=ReturnDocument.AFTER)
         )
         return None if doc is None else int(doc["credentials_version"])

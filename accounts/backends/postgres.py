@@ -74,8 +74,10 @@ class PostgresUsers(UserRepository):
             "by_id": render(f"SELECT {_COLUMNS} FROM {{t}} WHERE id = %(id)s"),
             "set_name": render("UPDATE {t} SET name = %(name)s WHERE id = %(id)s"),
             "set_password": render(
-                "UPDATE {t} SET password_hash = %(password_hash)s, credentials_version = credentials_version + 1 "
-                "WHERE id = %(id)s RETURNING credentials_version"
+                "UPDATE {t} SET password_hash = COALESCE(%(password_hash)s::text, password_hash), "
+                "credentials_version = credentials_version + 1 WHERE id = %(id)s "
+                "AND (%(expected)s::integer IS NULL OR credentials_version = %(expected)s::integer) "
+                "RETURNING credentials_version"
             ),
         }
         self._ready = False
@@ -135,11 +137,14 @@ class PostgresUsers(UserRepository):
         cursor = await self._run("set_name", {"id": user_id, "name": name}, idempotent=True)
         return cursor.rowcount == 1
 
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
         if "\x00" in user_id:
             return None
         # Not idempotent (it bumps the version): retried only when the server never ran it.
-        cursor = await self._run("set_password", {"id": user_id, "password_hash": password_hash}, idempotent=False)
+        params = {"id": user_id, "password_hash": password_hash, "expected": expected_version}
+        cursor = await self._run("set_password", params, idempotent=False)
         row = await cursor.fetchone()
         return None if row is None else int(row[0])
 

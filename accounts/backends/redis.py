@@ -121,10 +121,15 @@ redis.call('HSET', KEYS[1], 'name', ARGV[1])
 return 1
 """
 
-#: SET_PASSWORD: KEYS[1] user hash; ARGV[1] hash. The new version, or false.
+#: SET_PASSWORD: KEYS[1] user hash; ARGV[1] hash ('' keeps it), ARGV[2] the expected
+#: version ('' for any). The new version, or false (no user, or the version moved on).
 _SET_PASSWORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSET', KEYS[1], 'password_hash', ARGV[1])
+if ARGV[2] ~= '' then
+  local current = redis.call('HGET', KEYS[1], 'credentials_version') or '1'
+  if current ~= ARGV[2] then return false end
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'password_hash', ARGV[1]) end
 return redis.call('HINCRBY', KEYS[1], 'credentials_version', 1)
 """
 
@@ -235,9 +240,12 @@ class RedisUsers(UserRepository):
         key = self.user_key(user_id)
         return bool(int(await self._call("set_name", lambda: self._set_name(keys=[key], args=[name]))))
 
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
         key = self.user_key(user_id)
-        version = await self._call("set_password", lambda: self._set_password(keys=[key], args=[password_hash]))
+        args = [password_hash or "", "" if expected_version is None else str(int(expected_version))]
+        version = await self._call("set_password", lambda: self._set_password(keys=[key], args=args))
         return None if version is None else int(version)
 
     async def close(self) -> None:

@@ -97,12 +97,15 @@ class SQLiteUsers(UserRepository):
         cursor = await self._run(lambda conn: conn.execute("UPDATE users SET name = ? WHERE id = ?", (name, user_id)))
         return cursor.rowcount == 1
 
-    async def set_password(self, user_id: str, password_hash: str) -> int | None:
+    async def set_password(
+        self, user_id: str, password_hash: str | None, *, expected_version: int | None = None
+    ) -> int | None:
         def change(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(
-                "UPDATE users SET password_hash = ?, credentials_version = credentials_version + 1"
-                " WHERE id = ? RETURNING credentials_version",
-                (password_hash, user_id),
+                "UPDATE users SET password_hash = COALESCE(?, password_hash),"
+                " credentials_version = credentials_version + 1"
+                " WHERE id = ? AND (? IS NULL OR credentials_version = ?) RETURNING credentials_version",
+                (password_hash, user_id, expected_version, expected_version),
             ).fetchone()
             return None if row is None else int(row[0])
 
