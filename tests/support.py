@@ -233,6 +233,11 @@ class CountingStore(MemoryStore):
         return [key for key in self.created_keys if await MemoryStore.load(self, key) is not None]
 
 
+_FAILING = (
+    "load", "create", "update", "take", "touch", "destroy", "destroy_user", "list_user", "ping", "hit", "reset_hits",
+)
+
+
 class FlakyStore(CountingStore):
     """Fails every call while ``down`` is set, like a backend that went away."""
 
@@ -240,7 +245,7 @@ class FlakyStore(CountingStore):
 
     def __getattribute__(self, name: str) -> Any:
         attr = super().__getattribute__(name)
-        if name in ("load", "create", "update", "take", "touch", "destroy", "ping") and super().__getattribute__(
+        if name in _FAILING and super().__getattribute__(
             "down"
         ):
 

@@ -455,3 +455,56 @@ async def test_commit_needed_only_when_there_is_work(app, call, jar, clock):
     fresh = await manager.load(handler)
     clock.now += manager.options.touch_after
     assert manager.commit_needed(handler, fresh) is True  # touch is due
+
+
+# -- limits ---------------------------------------------------------------------------
+
+
+class _SizeHandler(SessionMixin, RequestHandler):
+    async def post(self):
+        session = await self.get_session()
+        session["blob"] = "x" * int(self.get_argument("n"))
+        self.write({"ok": True})
+
+    async def get(self):
+        session = await self.get_session()
+        self.write({"blob": len(session.get("blob", ""))})
+
+
+@pytest.mark.gen_test
+async def test_a_session_over_max_session_bytes_is_a_413_and_keeps_what_was_stored(http_client):
+    from tornado.httpserver import HTTPServer
+
+    from sessions.stores.memory import MemoryStore
+    from tests.support import free_port
+
+    manager = SessionManager(MemoryStore(), KeyRing.from_text(generate_key()), SessionOptions(max_session_bytes=2000))
+    app = Application([(r"/s", _SizeHandler)], session_manager=manager)
+    server = HTTPServer(app)
+    port = free_port()
+    server.listen(port, "127.0.0.1")
+    try:
+        jar = CookieJar()
+        base = f"http://127.0.0.1:{port}/s"
+        ok = await http_client.fetch(base + "?n=1000", method="POST", body="", raise_error=False)
+        assert ok.code == 200
+        jar.update(ok)
+        big = await http_client.fetch(base + "?n=5000", method="POST", body="", headers=jar.header(), raise_error=False)
+        assert big.code == 413
+        kept = await http_client.fetch(base, headers=jar.header())
+        assert json.loads(kept.body) == {"blob": 1000}  # the refused request stored nothing
+        smaller = await http_client.fetch(base + "?n=600", method="POST", body="", headers=jar.header(), raise_error=False)
+        assert smaller.code == 200
+        assert json.loads((await http_client.fetch(base, headers=jar.header())).body) == {"blob": 600}
+    finally:
+        server.stop()
+
+
+def test_flash_queue_drops_the_oldest_beyond_the_limit():
+    from sessions.session import MAX_FLASHES, Session
+
+    session = Session(None, None, created=0, last_access=0, expires=1)
+    for i in range(MAX_FLASHES + 20):
+        session.flash(f"m{i}")
+    messages = session.pop_flashes()
+    assert len(messages) == MAX_FLASHES and messages[0][1] == "m20" and messages[-1][1] == f"m{MAX_FLASHES + 19}"

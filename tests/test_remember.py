@@ -175,3 +175,38 @@ async def test_destroying_the_users_sessions_ends_the_tokens(remember, store):
     await remember.manager.destroy_user_sessions("u1")
     assert await use(remember, jar) is None
 
+
+
+@pytest.mark.gen_test
+async def test_grace_window_accepts_the_previous_validator_only(remember, store):
+    """A validator two rotations old is theft even inside the grace window."""
+    jar = await issue(remember)
+    two_old = CookieJar()
+    two_old.cookies.update(jar.cookies)
+    assert (await use(remember, jar)).rotated
+    previous = CookieJar()
+    previous.cookies.update(jar.cookies)
+    assert (await use(remember, jar)).rotated  # second rotation, within seconds
+    late = await use(remember, previous)  # the previous validator: still a parallel request
+    assert late is not None and not late.rotated
+    assert await use(remember, two_old) is None  # two rotations old: theft
+    assert await store.list_user("u1") == []
+
+
+@pytest.mark.gen_test
+async def test_theft_runs_the_revocation_hook_before_deleting(store):
+    order = []
+    manager = SessionManager(store, KeyRing.from_text(generate_key()))
+
+    async def revoke(user_id):
+        order.append(("revoke", user_id, len(await store.list_user(user_id))))
+
+    remember = RememberMe(manager, RememberOptions(grace=60), on_theft=revoke)
+    jar = await issue(remember)
+    stale = CookieJar()
+    stale.cookies.update(jar.cookies)
+    await use(remember, jar)
+    await use(remember, jar)
+    assert await use(remember, stale) is None
+    assert order == [("revoke", "u1", 1)]  # called while the token still existed
+    assert await store.list_user("u1") == []
