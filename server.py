@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from sessions import (
     load_key_ring,
     open_store,
 )
-from sessions.events import log_event
+from sessions.events import OneLineFormatter
 from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
 from sessions.stores import store_schemes
 from sessions.websocket import DEFAULT_RECHECK_INTERVAL, SocketRegistry
@@ -84,6 +85,11 @@ MAX_BODY_BYTES = 64 * 1024
 PRUNE_EVERY_SECONDS = 300
 #: Largest websocket message /ws accepts; a larger one closes the socket with 1009.
 WS_MAX_MESSAGE_BYTES = 4096
+#: /ws keep-alive: a ping every 20 s; a socket whose ping is 30 s without its (matching)
+#: pong is closed, so a dead or non-reading client goes within about 50 s. The caps per
+#: session / user / address (8 / 32 / 64) and the 1 MiB write bound are the library's defaults.
+WS_PING_INTERVAL = 20
+WS_PING_TIMEOUT = 30
 
 
 @dataclass
@@ -176,7 +182,8 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         session_manager=manager,
         socket_registry=SocketRegistry.attach(manager, recheck_interval=config.ws_recheck_interval),
         websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
-        websocket_ping_interval=30,
+        websocket_ping_interval=WS_PING_INTERVAL,
+        websocket_ping_timeout=WS_PING_TIMEOUT,
         accounts=accounts,
         # Theft ends every login of the user through the credentials version first, so
         # that a restore racing the detection cannot keep its session.
@@ -208,15 +215,28 @@ def make_server(app: tornado.web.Application, config: DemoConfig) -> ProxyAwareH
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` readable by its owner only (0700); warn if it exists wider open."""
+    """Create ``path`` for its owner only (0700); refuse one that others can use or that we do not own.
+
+    Whoever can write the directory can plant the key file (and so choose the cookie
+    key) or swap the database; whoever can read it can copy both.
+    """
     if not path.exists():
         path.mkdir(mode=0o700, parents=True)
         path.chmod(0o700)
         return
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        log_event(
-            log, logging.WARNING, "data_dir_not_private", path=str(path), mode=oct(mode), fix=f"chmod 700 {path}"
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise SystemExit(f"error: the data directory {path} is not a directory (a symbolic link or a file)")
+    if os.name == "posix" and info.st_uid != os.geteuid():
+        raise SystemExit(
+            f"error: the data directory {path} belongs to user id {info.st_uid}, not to the user running "
+            f"the server ({os.geteuid()}); use a directory of your own (--data-dir) or: chown {os.geteuid()} {path}"
+        )
+    mode = info.st_mode & 0o777
+    if os.name == "posix" and mode & 0o077:
+        raise SystemExit(
+            f"error: the data directory {path} is open to other users (mode {mode:o}); they could read or "
+            f"replace the key and the database. Run:  chmod 700 {path}"
         )
 
 
@@ -433,9 +453,10 @@ async def _prune(store: Store) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # One record, one line: client bytes in any message (Tornado's included) are escaped.
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     args = build_parser().parse_args(argv)
     processes = args.processes if args.processes != 0 else (os.cpu_count() or 1)
     if processes == 1:

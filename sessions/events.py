@@ -42,6 +42,31 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
         logger.log(level, "%s", event_line(event, **fields))
 
 
+#: Every character that ``str.splitlines()`` (or a terminal) takes as a line break, and
+#: the other C0/C1 controls: escaped by :class:`OneLineFormatter`.
+_LINE_BREAKING = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029]
+}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character escaped (``\\n``, ``\\x85``...)."""
+    return text.translate(_LINE_BREAKING)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose every record is exactly one line, whoever wrote the message.
+
+    Event lines are JSON already; this covers the rest (Tornado's own messages, which
+    may quote a malformed request byte for byte, and tracebacks): a NEL (0x85), a
+    U+2028 or a newline in a client's bytes can no longer start a forged line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        return one_line(super().format(record))
+
+
 def short_key(key: str | None) -> str | None:
     """A session's store key shortened for logs: enough to correlate, too little to use."""
     return key[:12] if key else None

@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import struct
 import time
 from pathlib import Path
@@ -213,8 +214,17 @@ def load_key_ring(
         )
     if key_file is None:
         raise MissingKeysError("no SESSION_KEYS and no development key file configured")
-    if key_file.exists():
-        mode = key_file.stat().st_mode & 0o777
+    if key_file.exists() or key_file.is_symlink():
+        info = key_file.lstat()
+        mode = info.st_mode & 0o777
+        if not stat.S_ISREG(info.st_mode):
+            raise MissingKeysError(f"the key file {key_file} is not a regular file (a symbolic link?); remove it")
+        if os.name == "posix" and info.st_uid != os.geteuid():
+            raise MissingKeysError(
+                f"the key file {key_file} belongs to user id {info.st_uid}, not to the user running the server "
+                f"({os.geteuid()}): whoever planted it chose the cookie key. Remove it (a new one is generated) "
+                "or set SESSION_KEYS"
+            )
         if os.name == "posix" and mode & 0o077:
             raise MissingKeysError(
                 f"the key file {key_file} is readable or writable by other users (mode {mode:o}); "

@@ -394,6 +394,73 @@ def test_key_file_readable_by_others_is_refused(keys_env, tmp_path):
     assert parse_config(["--data-dir", str(data_dir), "--store", "memory://"])[1].keys
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o755])
+def test_data_dir_open_to_others_is_refused(keys_env, tmp_path, mode):
+    """A world-writable data directory lets anyone plant the key file: refused, not a warning."""
+    keys_env.delenv("SESSION_KEYS")
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    data_dir.chmod(mode)
+    with pytest.raises(SystemExit) as failure:
+        parse_config(["--data-dir", str(data_dir)])
+    assert f"chmod 700 {data_dir}" in str(failure.value)
+    assert not (data_dir / "dev-keys").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="needs root to give a file away")
+def test_key_file_owned_by_another_user_is_refused(keys_env, tmp_path):
+    """Whoever planted the key file chose the cookie key."""
+    keys_env.delenv("SESSION_KEYS")
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o700)
+    key_file = data_dir / "dev-keys"
+    key_file.write_text(generate_key() + "\n")
+    key_file.chmod(0o600)
+    os.chown(key_file, 65534, 65534)
+    with pytest.raises(SystemExit) as failure:
+        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+    assert "belongs to user id 65534" in str(failure.value)
+    os.chown(data_dir, 65534, 65534)  # a directory of someone else's
+    os.chown(key_file, 0, 0)
+    with pytest.raises(SystemExit, match="belongs to user id 65534"):
+        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_key_file_that_is_a_symlink_is_refused(keys_env, tmp_path):
+    keys_env.delenv("SESSION_KEYS")
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    target.write_text(generate_key() + "\n")
+    target.chmod(0o600)
+    (data_dir / "dev-keys").symlink_to(target)
+    with pytest.raises(SystemExit, match="not a regular file"):
+        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+
+
+def test_every_log_line_is_one_line_whatever_the_message():
+    """NEL (0x85), U+2028 and friends in a client's bytes cannot start a forged line."""
+    from sessions.events import OneLineFormatter
+
+    forged = '{"event":"login_success","user":"admin"}'
+    formatter = OneLineFormatter("%(levelname)s %(message)s")
+    for breaker in ("\n", "\r", "\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"):
+        record = logging.LogRecord("tornado.general", logging.INFO, __file__, 1, "Malformed HTTP message: %r",
+                                   (f"GET /{breaker}{forged}",), None)
+        record.msg = "Malformed HTTP message: %s"
+        line = formatter.format(record)
+        assert len(line.splitlines()) == 1, repr(breaker)
+    try:
+        raise ValueError("boom\x85" + forged)
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert len(formatter.format(record).splitlines()) == 1  # a traceback too
+
+
 def test_store_help_lists_the_registered_schemes(capsys):
     with pytest.raises(SystemExit):
         parse_config(["--help"])

@@ -126,3 +126,21 @@ def test_bad_store_url_is_a_clear_error(tmp_path):
     server = Server(tmp_path, "--store", "ftp://nowhere")
     proc = subprocess.run(server.args, cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "unknown store URL" in proc.stderr
+
+
+def test_a_nel_in_a_malformed_request_cannot_forge_a_log_line(tmp_path):
+    """Tornado quotes a malformed start line in its own log message; the line stays one line."""
+    server = Server(tmp_path, "--store", "memory://").start()
+    forged = b'{"event":"login_success","user":"admin"}'
+    try:
+        for breaker in (b"\x85", b"\xe2\x80\xa8", b"\x1e"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nBad" + breaker + forged + b"\r\n\r\n")
+                sock.recv(200)
+    finally:
+        server.stop()
+    output = server.proc.stdout.read().decode("utf-8", "replace")
+    lines = [line for line in output.splitlines() if not line.startswith("tornado-sessions demo on")]
+    assert lines and any("Malformed" in line for line in lines), output[-2000:]
+    assert not [line for line in lines if line.startswith('{"event":"login_success"')]
+    assert all(line[:4].isdigit() for line in lines), [line for line in lines if not line[:4].isdigit()]
