@@ -5,15 +5,23 @@ Protocol (JSON text messages; the README's "Websocket protocol" section):
 * server → client on connect: ``{"type": "welcome", "user": {"id", "name"}, "worker"}``
   (``worker`` is the worker number under ``--processes N``, else null);
 * ``{"type": "ping"[, "id"]}`` → ``{"type": "pong"[, "id"]}``;
-* ``{"type": "chat", "text": "..."}`` (1-500 characters after trimming) →
-  ``{"type": "chat", "from": <display name>, "text": ...}`` to every open socket of
-  this process (with ``--processes N``, chat reaches the users on the same worker only);
+* ``{"type": "chat", "text": "..."}`` (1-500 characters after trimming; no control
+  character but newline, and no format, separator, surrogate, private-use or unassigned
+  character: see :func:`clean_chat`) →
+  ``{"type": "chat", "from": {"id": <user id>, "name": <display name>}, "text": ...}``
+  to every open socket of this process (with ``--processes N``, chat reaches the users
+  on the same worker only). Display names are not unique: show ``from.id`` (or "you"
+  when it is the welcome's ``user.id``) next to the name, as static/live.js does;
 * notices of the user's own session events: ``{"type": "notice", "event": "login" |
   "revoked" | "logout_everywhere", ...}``;
 * anything else: ``{"type": "error", "error": "..."}``; the socket stays open.
 
 Close codes: 1008 when the session ends (or the client sends too fast), 1009 for a
-message over ``websocket_max_message_size``, 1001 when the server shuts down.
+message over ``websocket_max_message_size``, 1013 "slow consumer" when more than
+``websocket_max_write_buffer`` waits for the client, 1000 "ping timed out" when the
+client does not answer the server's pings, 1001 when the server shuts down. The
+handshake is refused with 403 (no login, stale login, foreign Origin) or 429 (too many
+sockets for the session, the user or the client address).
 """
 
 from __future__ import annotations
@@ -37,14 +45,25 @@ MAX_CHAT = 500
 MAX_PING_ID = 64
 
 
+#: Unicode categories refused in chat text: controls (Cc; newline excepted), format
+#: characters (Cf: bidi overrides like U+202E, zero-width U+200B/U+200D...), line and
+#: paragraph separators (Zl, Zp), surrogates (Cs), private use (Co), unassigned (Cn).
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
 def clean_chat(text: Any) -> str | None:
-    """The chat text to send, or None when it is not 1-500 characters of printable text."""
+    """The chat text to send, or None when it is not 1-500 characters of visible text.
+
+    Refused: any character of :data:`REFUSED_CATEGORIES` but newline (so no tab, no
+    bidi override, no zero-width character; emoji joined with U+200D ZWJ are refused
+    too, the price of refusing every format character).
+    """
     if not isinstance(text, str):
         return None
     text = text.strip()
     if not 1 <= len(text) <= MAX_CHAT:
         return None
-    if any(unicodedata.category(ch) in ("Cc", "Cs") and ch not in "\n\t" for ch in text):
+    if any(ch != "\n" and unicodedata.category(ch) in REFUSED_CATEGORIES for ch in text):
         return None
     return text
 
@@ -58,8 +77,9 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
         await super().prepare()  # origin and session (403 otherwise)
         accounts: Accounts = self.settings["accounts"]
         user = await accounts.users.by_id(self.user_id)
-        # As the pages do: a user who is gone, or a session from before a password change, is no login.
-        if user is None or self.session.meta.get("cv") not in (None, str(user.credentials_version)):
+        # As the pages do (current_account): a user who is gone, or a session from before a
+        # password change or with no credentials version at all, is no login.
+        if user is None or self.session.meta.get("cv") != str(user.credentials_version):
             log_event(audit_log, logging.INFO, "websocket_refused", reason="stale login",
                       key=short_key(self.session_key), remote=self.request.remote_ip)
             raise HTTPError(403, "log in again")
@@ -84,7 +104,9 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
             if text is None:
                 self.send_error_message(f"chat text must be 1-{MAX_CHAT} characters of text", field="text")
                 return
-            self.socket_registry.broadcast({"type": "chat", "from": self.display_name, "text": text})
+            self.socket_registry.broadcast(
+                {"type": "chat", "from": {"id": self.user_id, "name": self.display_name}, "text": text}
+            )
         else:
             self.send_error_message("unknown message type", types=["ping", "chat"])
 

@@ -23,9 +23,9 @@ Usage::
 The handshake (``prepare()``, which Tornado runs before the upgrade) checks
 ``Origin`` and loads the session from the cookie through the manager; it refuses
 with 403 a foreign origin and a missing, tampered, expired or anonymous (no
-``user_id``) session. It never writes a session and never sets a cookie (the one
-store write a handshake can cause is the manager deleting an expired session it
-found, as any request does).
+``user_id``) session, and with 429 a socket over one of the caps below. It never
+writes a session and never sets a cookie (the one store write a handshake can cause
+is the manager deleting an expired session it found, as any request does).
 
 The :class:`SocketRegistry` tracks open sockets by session and by user. As a
 :class:`~sessions.manager.SessionListener` it closes a session's sockets with code
@@ -48,6 +48,34 @@ Application settings read here:
 ``websocket_max_message_size``
     Tornado's own limit (default 10 MiB: set a small one); a larger message is
     closed with 1009 by Tornado.
+``websocket_max_per_session`` / ``websocket_max_per_user`` / ``websocket_max_per_address``
+    Open sockets allowed per session (default 8), per user (default 32) and per
+    client address (``request.remote_ip``; default 64); ``None`` for no cap. A socket
+    counts from the moment its handshake is accepted (the address from the start of
+    the handshake) until it closes, so parallel handshakes cannot overshoot: the slot
+    is taken synchronously, before the handshake awaits anything, and given back when
+    the handshake is refused or the socket closes. Over a cap the handshake gets
+    **429** (the reason in the status line and the log message) and a
+    ``websocket_refused`` security log line.
+``websocket_max_write_buffer``
+    Outgoing data a socket may have waiting for a slow (or non-reading) client,
+    default 1 MiB; ``None`` for no bound. A message that would go over it is dropped
+    and the socket closed with **1013** ("slow consumer": the client may reconnect
+    later, unlike 1008) and a ``websocket_slow_consumer`` security log line. Waiting
+    data is the bytes in the socket's ``IOStream`` write buffer that the kernel has not
+    taken (:func:`stream_backlog`: Tornado has no public count, so this reads its
+    private buffer in that one function, pinned by a test) plus :data:`WRITE_OVERHEAD`
+    for each ``write_message`` whose future has not resolved yet (the Task and futures
+    Tornado keeps per unfinished write: a flood of small messages is bounded too).
+``websocket_ping_interval`` / ``websocket_ping_timeout``
+    Keep-alive pings every ``interval`` seconds (unset or 0: none); a socket whose
+    oldest unanswered ping is ``timeout`` seconds old (default: the interval; 0: never)
+    is closed with 1000 "ping timed out". Tornado's names, but the mixin sends the
+    pings itself (Tornado's own loop is switched off): each ping carries 8 random
+    bytes, and only a pong echoing the payload of a ping this server sent counts as
+    an answer (RFC 6455 5.5.3 lets a pong answer the latest of several pings). Tornado
+    counts any pong, so a client that never reads could keep itself alive with
+    unsolicited pongs. The timeout may be longer than the interval here.
 """
 
 from __future__ import annotations
@@ -56,12 +84,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from tornado.concurrent import Future
+from tornado.escape import json_encode, utf8
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -73,17 +104,29 @@ from .tornado import CookieReaderMixin
 
 log = logging.getLogger("sessions")
 
-#: Close codes (RFC 6455 section 7.4.1).
+#: Close codes (RFC 6455 section 7.4.1; 1013 from the IANA registry).
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 
 DEFAULT_RECHECK_INTERVAL = 5.0
 DEFAULT_MESSAGE_RATE = 20.0
 DEFAULT_MESSAGE_BURST = 40
 #: Sessions re-checked at once (store reads in flight) per re-check round.
 RECHECK_CONCURRENCY = 32
+DEFAULT_MAX_PER_SESSION = 8
+DEFAULT_MAX_PER_USER = 32
+DEFAULT_MAX_PER_ADDRESS = 64
+DEFAULT_MAX_WRITE_BUFFER = 1 << 20
+#: Bytes counted per waiting outgoing message on top of its own: Tornado keeps a Task,
+#: a wrapper coroutine and two futures for each unfinished write (about 1.8 KB measured
+#: with tracemalloc on CPython 3.11), so a flood of small messages is bounded too.
+WRITE_OVERHEAD = 2048
+#: Random bytes in each keep-alive ping.
+PING_PAYLOAD_BYTES = 8
 
 
 class TrackedSocket(Protocol):
@@ -95,6 +138,28 @@ class TrackedSocket(Protocol):
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
     def send_json(self, payload: Mapping[str, Any]) -> bool: ...
+
+
+class Slot:
+    """One socket counted against the caps, from its handshake until it closes.
+
+    Taken by :meth:`SocketRegistry.reserve` (the client address) and
+    :meth:`SocketRegistry.claim` (its session and user); :meth:`release` (idempotent)
+    gives it back.
+    """
+
+    __slots__ = ("registry", "address", "key", "user_id", "released")
+
+    def __init__(self, registry: SocketRegistry, address: str) -> None:
+        self.registry, self.address = registry, address
+        self.key: str | None = None
+        self.user_id: str | None = None
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.registry._release(self)
 
 
 class TokenBucket:
@@ -142,6 +207,11 @@ class SocketRegistry:
         self._task: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # The caps' counts: slots (handshakes accepted, sockets not yet closed) by
+        # client address, session key and user.
+        self._slots_by_address: dict[str, set[Slot]] = {}
+        self._slots_by_key: dict[str, set[Slot]] = {}
+        self._slots_by_user: dict[str, set[Slot]] = {}
 
     @classmethod
     def attach(cls, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL) -> SocketRegistry:
@@ -185,6 +255,59 @@ class SocketRegistry:
     def sockets_of_user(self, user_id: str) -> list[TrackedSocket]:
         return list(self._by_user.get(user_id, ()))
 
+    # -- the caps ----------------------------------------------------------------------
+    def reserve(self, address: str, limit: int | None) -> Slot | None:
+        """A slot for one more socket from ``address``; None when it has ``limit`` already.
+
+        Synchronous: call it before the handshake awaits anything.
+        """
+        group = self._slots_by_address.get(address)
+        if limit is not None and group is not None and len(group) >= limit:
+            return None
+        slot = Slot(self, address)
+        self._slots_by_address.setdefault(address, set()).add(slot)
+        return slot
+
+    def claim(self, slot: Slot, key: str, user_id: str, *, per_session: int | None,
+              per_user: int | None) -> str | None:
+        """Count ``slot`` for its session and user too; what is full ("session" or
+        "user") instead when one of them has its cap already (the slot is then unchanged)."""
+        for scope, index, name, limit in (
+            ("session", self._slots_by_key, key, per_session),
+            ("user", self._slots_by_user, user_id, per_user),
+        ):
+            group = index.get(name)
+            if limit is not None and group is not None and slot not in group and len(group) >= limit:
+                return scope
+        self._unindex(slot)
+        slot.key, slot.user_id = key, user_id
+        self._slots_by_key.setdefault(key, set()).add(slot)
+        self._slots_by_user.setdefault(user_id, set()).add(slot)
+        self._slots_by_address.setdefault(slot.address, set()).add(slot)
+        return None
+
+    def slot_count(self, *, address: str | None = None, key: str | None = None, user_id: str | None = None) -> int:
+        """Slots held by one address, session or user (the one given); all slots if none."""
+        for index, name in ((self._slots_by_address, address), (self._slots_by_key, key),
+                            (self._slots_by_user, user_id)):
+            if name is not None:
+                return len(index.get(name, ()))
+        return sum(len(group) for group in self._slots_by_address.values())
+
+    def _release(self, slot: Slot) -> None:
+        self._unindex(slot)
+
+    def _unindex(self, slot: Slot) -> None:
+        for index, name in ((self._slots_by_address, slot.address), (self._slots_by_key, slot.key),
+                            (self._slots_by_user, slot.user_id)):
+            if name is None:
+                continue
+            group = index.get(name)
+            if group is not None:
+                group.discard(slot)
+                if not group:
+                    del index[name]
+
     # -- sending -----------------------------------------------------------------------
     def send_to_user(self, user_id: str, payload: Mapping[str, Any], *, exclude_key: str | None = None) -> int:
         """Send ``payload`` to the user's sockets (except one session's); how many got it."""
@@ -219,6 +342,11 @@ class SocketRegistry:
             self.end(socket, "session ended")
 
     def session_renamed(self, old_key: str, new_key: str) -> None:
+        slots = self._slots_by_key.pop(old_key, set())
+        for slot in slots:  # the sockets still count for their (renamed) session
+            slot.key = new_key
+        if slots:
+            self._slots_by_key.setdefault(new_key, set()).update(slots)
         moved = self._by_key.pop(old_key, set())
         if not moved:
             return
@@ -302,9 +430,19 @@ class SocketRegistry:
             self.end(socket, reason, code)
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
+def stream_backlog(handler: WebSocketHandler) -> int:
+    """Bytes written to ``handler``'s websocket that the kernel has not taken yet.
+
+    Tornado offers no public count (``IOStream.writing()`` only tells whether there is
+    any), so this reads ``IOStream._write_buffer``: the one private name this module
+    uses, kept here alone. If a Tornado release renames it, this returns 0 (the bound
+    then counts only :data:`WRITE_OVERHEAD` per unfinished write) and
+    ``tests/test_ws_limits.py::test_the_backlog_measure_follows_what_the_client_has_not_taken``
+    fails.
+    """
+    stream = getattr(handler.ws_connection, "stream", None)
+    buffer = getattr(stream, "_write_buffer", None)
+    return len(buffer) if buffer is not None else 0
 
 
 class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
@@ -316,15 +454,33 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
     :meth:`on_session_message`, which by default parses JSON objects and calls
     :meth:`on_json` (malformed input gets an ``{"type": "error"}`` message).
 
-    A subclass that overrides ``prepare``, ``on_finish`` or ``on_connection_close``
-    must call ``super()``: registration happens in ``on_finish`` (status 101) and
-    removal in ``on_connection_close``.
+    The limits (module docstring, application settings): the socket caps per session
+    (``websocket_max_per_session``, default 8), per user (``websocket_max_per_user``,
+    32) and per client address (``websocket_max_per_address``, 64), refused with 429
+    at the handshake; the bound on data waiting for the client
+    (``websocket_max_write_buffer``, 1 MiB), over which the socket closes with 1013
+    "slow consumer" (every ``write_message`` is counted, ``send_json`` included); and
+    keep-alive pings (``websocket_ping_interval`` / ``websocket_ping_timeout``) that
+    only a pong echoing this server's ping answers.
+
+    A subclass that overrides ``prepare``, ``on_finish``, ``on_connection_close`` or
+    ``on_pong`` must call ``super()``: the slot is taken in ``prepare``, registration
+    and the pings start in ``on_finish`` (status 101), removal and the slot's release
+    happen in ``on_finish`` (refused handshake) and ``on_connection_close``, and pongs
+    are matched in ``on_pong``.
     """
 
     session_key: str
     user_id: str
     _ws_session: Session | None = None
     _bucket: TokenBucket | None = None
+    _slot: Slot | None = None
+    _keepalive_task: asyncio.Task[None] | None = None
+    #: Payload -> loop time of the pings sent and not answered yet (oldest first).
+    _pings: dict[bytes, float] | None = None
+    _write_limit: int | None = DEFAULT_MAX_WRITE_BUFFER
+    #: ``write_message`` futures not resolved yet.
+    _unfinished_writes = 0
 
     @property
     def session_manager(self) -> SessionManager:
@@ -348,6 +504,22 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
             raise RuntimeError("the session is loaded in prepare(), during the handshake")
         return self._ws_session
 
+    def setting_limit(self, name: str, default: int | None) -> int | None:
+        """An integer limit from the application settings (``None``: no limit)."""
+        value = self.settings.get(name, default)
+        return None if value is None else int(value)
+
+    # -- keep-alive: Tornado's ping loop is off, ours matches the pongs ----------------
+    @property
+    def ping_interval(self) -> float | None:
+        """None: Tornado's own ping loop (which counts any pong) stays off; the mixin
+        pings every ``websocket_ping_interval`` seconds itself (:meth:`keepalive`)."""
+        return None
+
+    @property
+    def ping_timeout(self) -> float | None:
+        return None
+
     # -- the handshake -----------------------------------------------------------------
     def origin_allowed(self, origin: str) -> bool:
         """``websocket_allowed_origins`` when set; else the request's own Host only."""
@@ -361,13 +533,16 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         """Tornado's own check after ``prepare()``: the same rule."""
         return self.origin_allowed(origin)
 
-    def refuse(self, reason: str, *, security: bool = False, **fields: Any) -> HTTPError:
-        """Log a refused handshake (a security event when ``security``); the 403 to raise."""
+    def refuse(self, reason: str, *, security: bool = False, status: int = 403, **fields: Any) -> HTTPError:
+        """Log a refused handshake (a security event when ``security``); the error to raise
+        (403 unless ``status`` says otherwise)."""
         log_event(
             security_log if security else audit_log, logging.WARNING if security else logging.INFO,
             "websocket_refused", reason=reason, remote=self.request.remote_ip, path=self.request.path, **fields,
         )
-        return HTTPError(403, reason)
+        if status == 429:
+            return HTTPError(429, reason, reason="Too Many Websockets")
+        return HTTPError(status, reason)
 
     async def prepare(self) -> None:
         result = super().prepare()
@@ -376,16 +551,35 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         origin = self.request.headers.get("Origin")
         if origin is not None and not self.origin_allowed(origin):
             raise self.refuse("origin not allowed", security=True, origin=origin)
-        _ = self.socket_registry  # a missing setting is a 500 before any store read
+        registry = self.socket_registry  # a missing setting is a 500 before any store read
+        # The address's slot first, before any await: handshakes in flight count too.
+        per_address = self.setting_limit("websocket_max_per_address", DEFAULT_MAX_PER_ADDRESS)
+        slot = registry.reserve(self.request.remote_ip or "", per_address)
+        if slot is None:
+            raise self.refuse("too many websockets from this address", security=True, status=429,
+                              limit=per_address)
+        self._slot = slot
         try:
             session = await self.session_manager.load(self)
         except StoreError as exc:
             log.error("session store failed on websocket handshake: %s", exc)
             raise HTTPError(503, reason="Session Store Unavailable") from exc
+        if slot.released:  # the client left while the session loaded
+            raise self.refuse("client went away")
         if session.key is None:
             raise self.refuse("no session")
         if session.user_id is None:
             raise self.refuse("not logged in", key=short_key(session.key))
+        # Check and count in one synchronous step (no await in between).
+        per_session = self.setting_limit("websocket_max_per_session", DEFAULT_MAX_PER_SESSION)
+        per_user = self.setting_limit("websocket_max_per_user", DEFAULT_MAX_PER_USER)
+        full = registry.claim(slot, session.key, session.user_id, per_session=per_session, per_user=per_user)
+        if full is not None:
+            raise self.refuse(
+                f"too many websockets for this {full}", security=True, status=429,
+                limit=per_session if full == "session" else per_user,
+                key=short_key(session.key), user=session.user_id,
+            )
         self._ws_session = session
         self.session_key = session.key
         self.user_id = session.user_id
@@ -393,12 +587,78 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
     def on_finish(self) -> None:
         super().on_finish()
         if self.get_status() == 101 and self._ws_session is not None:
+            self._write_limit = self.setting_limit("websocket_max_write_buffer", DEFAULT_MAX_WRITE_BUFFER)
             self.socket_registry.add(self)
+            self._start_keepalive()
+        else:
+            self._release_slot()  # a refused handshake
 
     def on_connection_close(self) -> None:
         if self._ws_session is not None:
             self.socket_registry.discard(self)
+        self._release_slot()
+        task, self._keepalive_task = self._keepalive_task, None
+        if task is not None:
+            task.cancel()
         super().on_connection_close()
+
+    def _release_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+    # -- keep-alive ----------------------------------------------------------------------
+    def _start_keepalive(self) -> None:
+        interval = float(self.settings.get("websocket_ping_interval") or 0)
+        if interval <= 0 or self._keepalive_task is not None:
+            return
+        timeout_setting = self.settings.get("websocket_ping_timeout")
+        timeout = interval if timeout_setting is None else float(timeout_setting)
+        self._pings = {}
+        self._keepalive_task = asyncio.get_running_loop().create_task(self.keepalive(interval, timeout))
+
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """Ping every ``interval`` seconds; close the socket (1000 "ping timed out") once
+        its oldest unanswered ping is ``timeout`` seconds old (never when 0)."""
+        loop = asyncio.get_running_loop()
+        pings = self._pings
+        assert pings is not None
+        next_ping = loop.time() + interval
+        while True:
+            wake = next_ping
+            if pings and timeout > 0:
+                wake = min(wake, next(iter(pings.values())) + timeout)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            connection = self.ws_connection
+            if connection is None or connection.is_closing():
+                return
+            now = loop.time()
+            if pings and timeout > 0 and next(iter(pings.values())) + timeout <= now:
+                log_event(
+                    audit_log, logging.INFO, "websocket_ping_timeout",
+                    key=short_key(self.session_key), user=self.user_id, remote=self.request.remote_ip,
+                )
+                self.socket_registry.end(self, "ping timed out", CLOSE_NORMAL)
+                return
+            if now >= next_ping:
+                if timeout <= 0:
+                    pings.clear()  # nothing times out: only the latest ping is kept
+                payload = secrets.token_bytes(PING_PAYLOAD_BYTES)
+                pings[payload] = now
+                self.ping(payload)
+                next_ping = now + interval
+
+    def on_pong(self, data: bytes) -> None:
+        """Only a pong echoing a ping this server sent (and not yet answered) counts; it
+        answers that ping and every earlier one."""
+        pings = self._pings
+        sent = pings.get(data) if pings else None
+        if pings is not None and sent is not None:
+            for payload, when in list(pings.items()):
+                if when > sent:
+                    break
+                del pings[payload]
+        super().on_pong(data)
 
     # -- messages ----------------------------------------------------------------------
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
@@ -463,15 +723,54 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
             return None
         return data
 
+    # -- sending -------------------------------------------------------------------------
+    @property
+    def pending_write_bytes(self) -> int:
+        """Outgoing data waiting for the client, as counted against
+        ``websocket_max_write_buffer``: the stream's backlog plus :data:`WRITE_OVERHEAD`
+        per unfinished write."""
+        return stream_backlog(self) + WRITE_OVERHEAD * self._unfinished_writes
+
+    def write_message(self, message: bytes | str | dict[str, Any], binary: bool = False) -> Future[None]:
+        """Tornado's ``write_message``, within ``websocket_max_write_buffer``: a message that
+        would go over it is dropped, the socket closed with 1013 "slow consumer", and
+        ``WebSocketClosedError`` raised (as for any closed socket)."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            raise WebSocketClosedError()
+        data = utf8(json_encode(message) if isinstance(message, dict) else message)
+        limit = self._write_limit
+        if limit is not None:
+            pending = self.pending_write_bytes
+            if pending + len(data) + WRITE_OVERHEAD > limit:
+                self._slow_consumer(pending, len(data))
+                raise WebSocketClosedError()
+        future = super().write_message(data, binary)
+        self._unfinished_writes += 1
+        future.add_done_callback(self._written)
+        return future
+
+    def _written(self, future: Future[None]) -> None:
+        self._unfinished_writes -= 1
+        if not future.cancelled():
+            future.exception()  # a write cut short by the client leaving is no error
+
+    def _slow_consumer(self, pending: int, size: int) -> None:
+        log_event(
+            security_log, logging.WARNING, "websocket_slow_consumer", pending=pending,
+            message=size, limit=self._write_limit,
+            key=short_key(self.session_key), user=self.user_id, remote=self.request.remote_ip,
+        )
+        self.socket_registry.end(self, "slow consumer", CLOSE_TRY_AGAIN_LATER)
+
     def send_json(self, payload: Mapping[str, Any]) -> bool:
-        """Send one JSON message; False when the socket is closed (never raises for that)."""
+        """Send one JSON message; False when the socket is closed, or closes now for
+        being too far behind (never raises for either)."""
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False
         try:
-            sent = self.write_message(json.dumps(payload, separators=(",", ":")))
+            self.write_message(json.dumps(payload, separators=(",", ":")))
         except WebSocketClosedError:
             return False
-        sent.add_done_callback(_retrieve)  # a write cut short by the client leaving is no error
         return True
 
     def send_error_message(self, error: str, **fields: Any) -> bool:

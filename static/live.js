@@ -18,6 +18,7 @@
 
   var POLICY_VIOLATION = 1008;
   var TOO_BIG = 1009;
+  var TRY_AGAIN_LATER = 1013;  // "slow consumer": this page fell too far behind
   var PING_EVERY_MS = 15000;
   var MAX_RETRY_MS = 30000;
 
@@ -27,6 +28,7 @@
   var nextPing = 1;
   var pingTimer = null;
   var ended = false;
+  var myId = null;       // the user id from "welcome": our own chat lines say "you"
 
   function setState(state, text) {
     stateEl.setAttribute("data-state", state);
@@ -77,6 +79,16 @@
     if (!send({type: "ping", id: id})) { delete pings[id]; }
   }
 
+  // Display names are not unique: "Alice (admin)" may be anyone. Show "you" for our
+  // own lines and a short user id for everyone else's.
+  function sender(from) {
+    if (!from || typeof from !== "object") { return "?"; }
+    var name = String(from.name || "");
+    var id = String(from.id || "");
+    if (myId !== null && id === myId) { return name + " (you)"; }
+    return name + " #" + id.slice(0, 6);
+  }
+
   function sessionEnded() {
     ended = true;
     setState("ended", "session ended, log in again");
@@ -91,6 +103,7 @@
     try { message = JSON.parse(event.data); } catch (e) { return; }
     switch (message.type) {
       case "welcome":
+        myId = message.user && message.user.id;
         workerEl.textContent = message.worker === null ? "single process" : "worker " + message.worker;
         break;
       case "pong":
@@ -105,7 +118,7 @@
         notice((NOTICES[message.event] || function () { return "Session event: " + message.event; })(message));
         break;
       case "chat":
-        addItem(chatEl, [{cls: "meta", text: time()}, {cls: "from", text: message.from}, {text: message.text}]);
+        addItem(chatEl, [{cls: "meta", text: time()}, {cls: "from", text: sender(message.from)}, {text: message.text}]);
         break;
       case "error":
         notice("Error: " + message.error);
@@ -136,6 +149,7 @@
         return;
       }
       if (event.code === TOO_BIG) { notice("Closed by the server: message too big"); }
+      if (event.code === TRY_AGAIN_LATER) { notice("Closed by the server: " + (event.reason || "try again later")); }
       if (!opened) {
         // A refused handshake (403) looks like a network error here: ask whether we
         // are still logged in before trying again.

@@ -440,12 +440,13 @@ async def test_a_bug_in_a_message_handler_closes_with_1011(new_client, connect, 
 
 
 @pytest.mark.gen_test
-async def test_chat_reaches_every_socket_with_display_names_and_is_validated(new_client, connect):
+async def test_chat_reaches_every_socket_with_display_names_and_is_validated(new_client, connect, app):
     ana = await logged_in(new_client)
     bob = await logged_in(new_client, email="bob@example.com", name="Bob <b>")
     ana_socket, bob_socket = await connect(ana), await connect(bob)
     bob_socket.write_message(json.dumps({"type": "chat", "text": "  hello, Ana  "}))
-    expected = {"type": "chat", "from": "Bob <b>", "text": "hello, Ana"}
+    bob_id = (await app.settings["accounts"].users.by_email("bob@example.com")).id
+    expected = {"type": "chat", "from": {"id": bob_id, "name": "Bob <b>"}, "text": "hello, Ana"}
     assert await receive(ana_socket) == expected
     assert await receive(bob_socket) == expected
     for bad in ("", "   ", "x" * 501, 42, None, ["hi"], "bell\x07"):
