@@ -37,6 +37,7 @@ class ReadyHandler(SecureHeadersMixin, RequestHandler):
         except StoreError as exc:
             log_event(log, logging.WARNING, "store_not_ready", store=store.name, error=str(exc))
             self.set_status(503)
+            self.set_header("Retry-After", "5")  # as every other 503 of the app
             self.write({"status": "unavailable", "store": store.name})
             return
         self.write({"status": "ok", "store": store.name})

@@ -284,3 +284,24 @@ async def test_flash_queue_is_bounded(email, client, demo_store):
     flashes = body(await call(client, "GET", "/api/flash"))["flashes"]
     assert len(flashes) == 100
     assert flashes[0]["message"] == "m30" and flashes[-1]["message"] == "m129"  # the oldest went first
+
+
+# -- 10. a SQLite file deleted under the running server --------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sign_ups_into_a_deleted_sqlite_file_are_refused_not_lost(tmp_path):
+    from accounts.backends.sqlite import SQLiteUsers
+    from accounts.users import User, new_user_id
+    from sessions import StoreError
+
+    path = tmp_path / "demo.db"
+    users = SQLiteUsers(str(path))
+    first = User(new_user_id(), "one@example.com", "One", "bcrypt-sha256$x", 0.0)
+    await users.add(first)
+    path.unlink()
+    with pytest.raises(StoreError, match="removed"):
+        await users.add(User(new_user_id(), "two@example.com", "Two", "bcrypt-sha256$x", 0.0))
+    with pytest.raises(StoreError):
+        await users.by_id(first.id)
+    await users.close()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from sessions import Store, StoreError
-from sessions.stores.sqlite import SQLiteStore
+from sessions.stores.sqlite import DatabaseFileGuard, SQLiteStore
 
 from ..users import EmailTaken, User, UserRepository
 
@@ -39,6 +39,9 @@ class SQLiteUsers(UserRepository):
         self._timeout = timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # The users share the sessions' file: a file removed or replaced under us must
+        # fail (503) rather than acknowledge sign-ups that vanish at the next restart.
+        self._guard = DatabaseFileGuard(path)
 
     @classmethod
     def for_store(cls, store: Store) -> SQLiteUsers:
@@ -50,13 +53,18 @@ class SQLiteUsers(UserRepository):
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            self._guard.record()
             self._conn = conn
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             with self._lock:
-                return fn(self._connect())
+                conn = self._connect()
+                self._guard.check()
+                result = fn(conn)
+                self._guard.check()  # an answer written into a removed file is no answer
+                return result
 
         try:
             return await asyncio.to_thread(call)

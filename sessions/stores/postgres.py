@@ -85,6 +85,15 @@ Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 #: never ran, so even a non-idempotent one (take) may run again on a new connection.
 _NOT_RUN = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
 _ERRORS = (psycopg.Error, OSError, UnicodeError)
+#: Past the timeout, how long a statement may still take before the client gives up
+#: on it: the server's statement_timeout (the same ``timeout``) should answer first.
+_DEADLINE_GRACE = 0.25
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned statement's outcome, so asyncio logs no "never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -446,7 +455,30 @@ class PostgresStore(Store):
         after the pool has checked its idle connections, so the app recovers
         without a 503 per stale connection. A statement that is not idempotent
         (take) is retried only when the server said it never ran it.
+
+        The whole call has a client-side deadline of ``timeout`` (plus a moment, so
+        that the server's own statement_timeout normally answers first): a server
+        that keeps the connection open but never answers (SIGSTOP, a hung host, a
+        dead link the kernel has not noticed) costs one timeout, not a request hung
+        for as long as the server is. The abandoned statement is cancelled in the
+        background, and its connection goes back to the pool or is discarded.
         """
+        task = asyncio.ensure_future(self._run_query(query, params, idempotent=idempotent))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout + _DEADLINE_GRACE)
+        except asyncio.CancelledError:
+            task.cancel()
+            task.add_done_callback(_forget)
+            raise
+        if task in done:
+            return task.result()
+        task.cancel()  # psycopg then cancels the query (itself bounded); nobody waits for it
+        task.add_done_callback(_forget)
+        raise psycopg.OperationalError(f"no answer from the server within {self.timeout:g} s")
+
+    async def _run_query(
+        self, query: str, params: Mapping[str, Any], *, idempotent: bool
+    ) -> psycopg.AsyncCursor[TupleRow]:
         if not self._ready:
             await self._ensure_ready()
         for attempt in (1, 2):

@@ -502,7 +502,13 @@ class RedisStore(Store):
 
     @_translate_errors
     async def ping(self) -> None:
-        await self.client.ping()
+        """Every primary must answer: with one of a cluster's masters down, the sessions
+        in its slots cannot be served, so the store is not ready (a plain PING reaches
+        one node only and would still say yes)."""
+        if isinstance(self.client, RedisCluster):
+            await self.client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await self.client.ping()
 
     async def close(self) -> None:
         """Close the client if this store built it (a client passed in stays open)."""

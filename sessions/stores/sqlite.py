@@ -7,6 +7,15 @@ owner: 0600, in a directory created 0700. Each value lives in its own row
 (``session_items``), so a save that changes one key rewrites only that row and two
 requests changing different keys never overwrite each other. WAL mode lets other
 processes read while one writes.
+
+An open connection keeps writing to its file even after that file is deleted or
+replaced on disk, and everything written then is gone at the next start. So the
+store records the file's identity (device, inode) when it opens it and compares it
+with the path before and after every write batch (one ``stat``, about 2 µs): a file
+removed or replaced makes every write fail with StoreError (503s, nothing
+acknowledged that a restart would lose) and ``ping`` fail (/ready says 503) until
+the same file is back at its path. ``ping`` also writes a one-row heartbeat, so a
+read-only or full database is "not ready" too, not only an unreachable one.
 """
 
 from __future__ import annotations
@@ -60,7 +69,49 @@ CREATE TABLE IF NOT EXISTS counters (
     PRIMARY KEY (name, slot)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS counters_expires ON counters (expires);
+CREATE TABLE IF NOT EXISTS store_heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
+
+
+class DatabaseFileGone(sqlite3.OperationalError):
+    """The database file was removed from its path or replaced by another file."""
+
+
+class DatabaseFileGuard:
+    """Notices that the file an open SQLite connection writes to is no longer at its path.
+
+    Call :meth:`record` right after opening the connection, then :meth:`check` around
+    writes: it raises :class:`DatabaseFileGone` while the path is missing or names
+    another file (another device/inode), and passes again once the same file is back
+    (renamed or restored in place). Anything else that opens its own connection to the
+    same file (the demo's user table, say) can use one too. ``path`` ":memory:" (or a
+    guard never recorded) always passes.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.identity: tuple[int, int] | None = None
+
+    def record(self) -> None:
+        if self.path != ":memory:":
+            st = os.stat(self.path)
+            self.identity = (st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        if self.identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatabaseFileGone(f"the database file {self.path} was removed while open") from None
+        except OSError as exc:
+            raise DatabaseFileGone(f"the database file {self.path} cannot be checked: {exc}") from None
+        if (st.st_dev, st.st_ino) != self.identity:
+            raise DatabaseFileGone(f"the database file {self.path} was replaced by another file while open")
+
 
 
 class _Worker:
@@ -77,10 +128,17 @@ class _Worker:
     _STOP = object()
 
     def __init__(
-        self, name: str, connect: Callable[[], sqlite3.Connection], disconnect: Callable[[], None]
+        self,
+        name: str,
+        connect: Callable[[], sqlite3.Connection],
+        disconnect: Callable[[], None],
+        check: Callable[[], None] = lambda: None,
     ) -> None:
         self._connect = connect
         self._disconnect = disconnect
+        #: Raises (an sqlite3.Error) when writing now would be lost: run before and after
+        #: every batch's write transaction.
+        self._check = check
         #: Set (on the event loop's thread) when closing: later calls fail at once
         #: instead of waiting behind the stop for a thread that is gone.
         self.closing = False
@@ -138,6 +196,7 @@ class _Worker:
         for fn, future, loop, write in calls:
             if write and not open_transaction:
                 try:
+                    self._check()
                     conn.execute("BEGIN IMMEDIATE")
                     open_transaction = True
                 except BaseException as exc:  # locked by another process past the timeout
@@ -166,7 +225,10 @@ class _Worker:
         if open_transaction:
             try:
                 conn.execute("COMMIT")
-            except BaseException as exc:  # nothing of this transaction was saved: say so
+                # Removed or replaced during the batch: what it wrote went to a file that
+                # is no longer at the path, so nobody hears "saved".
+                self._check()
+            except BaseException as exc:  # nothing of this transaction was saved (or kept): say so
                 try:
                     conn.rollback()
                 except sqlite3.Error:
@@ -208,7 +270,8 @@ class SQLiteStore(Store):
         self.path = str(path)
         self._timeout = timeout
         self._conn: sqlite3.Connection | None = None
-        self._worker = _Worker("sqlite-store", self._connect, self._disconnect)
+        self._guard = DatabaseFileGuard(self.path)
+        self._worker = _Worker("sqlite-store", self._connect, self._disconnect, self._guard.check)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, clock: Clock = time.time) -> SQLiteStore:
@@ -231,6 +294,7 @@ class SQLiteStore(Store):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
             if "meta" not in columns:  # a database from before sessions had metadata
                 conn.execute("ALTER TABLE sessions ADD COLUMN meta TEXT")
+            self._guard.record()
             self._conn = conn
         return self._conn
 
@@ -399,7 +463,18 @@ class SQLiteStore(Store):
         await self._run(lambda conn: None, write=False)  # opens the file and creates the schema
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1").fetchone(), write=False)
+        """Fail unless a write would be kept: the file is still the one opened, and writable.
+
+        A one-row heartbeat written in the batch's transaction: a read-only file, a full
+        disk or database, a lock held past the timeout or a removed file all fail it.
+        """
+        now = self.clock()
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO store_heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (now,),
+            )
+        )
 
     def _disconnect(self) -> None:
         """Close the connection (on the worker thread, after its last batch)."""
