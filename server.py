@@ -82,7 +82,6 @@ log = logging.getLogger("demo")
 #: error page) before the body is read. A chunked body that grows past it is cut off by
 #: Tornado with a bare 400.
 MAX_BODY_BYTES = 64 * 1024
-PRUNE_EVERY_SECONDS = 300
 #: Largest websocket message /ws accepts; a larger one closes the socket with 1009.
 WS_MAX_MESSAGE_BYTES = 4096
 #: /ws keep-alive: a ping every 20 s; a socket whose ping is 30 s without its (matching)
@@ -413,7 +412,6 @@ async def serve(
         server.listen(args.port, args.host)
     else:
         server.add_sockets(sockets)
-    prune = start_prune_timer(config.store)
     print(f"tornado-sessions demo on http://{args.host}:{args.port}/ (store: {config.store.name})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -424,32 +422,13 @@ async def serve(
     await stop.wait()
     if lifeline is not None:
         loop.remove_reader(lifeline)
-    if prune is not None:
-        prune.stop()
     server.stop()
     await app.settings["socket_registry"].close()  # open websockets get 1001 "going away"
+    await app.settings["session_manager"].close()  # its prune task
     await server.close_all_connections()
     accounts.hasher.close()
     await accounts.users.close()
     await config.store.close()
-
-
-def start_prune_timer(store: Store) -> tornado.ioloop.PeriodicCallback | None:
-    """Prune expired sessions every few minutes, for stores that do not expire them natively."""
-    if store.expires_natively:
-        return None
-    prune = tornado.ioloop.PeriodicCallback(lambda: _prune(store), PRUNE_EVERY_SECONDS * 1000)
-    prune.start()
-    return prune
-
-
-async def _prune(store: Store) -> None:
-    try:
-        removed = await store.prune()
-        if removed:
-            log.info("pruned %d expired sessions", removed)
-    except Exception as exc:  # a failed prune must not stop the server
-        log.warning("prune failed: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> None:

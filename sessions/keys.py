@@ -91,13 +91,15 @@ def _b64decode(text: str | bytes) -> bytes:
 def _parse_key(text: str) -> bytes:
     text = text.strip()
     if not _KEY_TEXT.fullmatch(text):
-        raise InvalidKeyError("a session key must be base64url text")
+        raise InvalidKeyError("a session key must be base64url text; make one with:  python -m sessions.keygen")
     try:
         raw = _b64decode(text)
     except (ValueError, binascii.Error, UnicodeEncodeError) as exc:
         raise InvalidKeyError("a session key must be base64url text") from exc
     if len(raw) != KEY_BYTES:
-        raise InvalidKeyError(f"a session key must decode to {KEY_BYTES} bytes, got {len(raw)}")
+        raise InvalidKeyError(
+            f"a session key must decode to {KEY_BYTES} bytes, got {len(raw)}; make one with:  python -m sessions.keygen"
+        )
     return raw
 
 
@@ -110,8 +112,11 @@ class KeyRing:
         self._ciphers: dict[bytes, AESGCM] = {}
         self._order: list[bytes] = []
         for key in keys:
-            if len(key) != KEY_BYTES:
-                raise InvalidKeyError(f"a session key must be {KEY_BYTES} bytes")
+            if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+                raise InvalidKeyError(
+                    f"a session key must be {KEY_BYTES} random bytes; for base64url text (SESSION_KEYS) "
+                    "use KeyRing.from_text(...), and make a key with:  python -m sessions.keygen"
+                )
             kid = hashlib.sha256(key).digest()[:4]
             if kid not in self._ciphers:
                 self._ciphers[kid] = AESGCM(key)

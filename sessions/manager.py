@@ -17,9 +17,11 @@ trust the proxy that sent them (see :mod:`sessions.proxy`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -31,6 +33,7 @@ from .events import audit_log, log_event, security_log, short_key
 from .keys import KeyRing
 from .session import Session
 from .stores.base import KEEP, Clock, Record, Store
+from .stores.pruning import PruneLoop
 
 log = logging.getLogger("sessions")
 
@@ -42,6 +45,10 @@ DEFAULT_ABSOLUTE_TIMEOUT = 12 * 60 * 60
 DEFAULT_MAX_SESSION_BYTES = 64 * 1024
 #: The session metadata key that holds the client address when sessions are bound to it.
 ADDRESS_META_KEY = "ip"
+
+
+class MisconfiguredError(TypeError):
+    """The library was set up wrongly (a missing setting, a wrong type); the message says the fix."""
 
 
 class SessionTooLarge(ValueError):
@@ -88,6 +95,11 @@ class SessionOptions:
     #: that created it (``meta["ip"]``, recorded by the manager). Applies to every
     #: request that loads the session, websocket handshakes included.
     bind_address: bool = False
+    #: For stores that do not expire records themselves (memory, SQLite): the first
+    #: request that writes after every this many seconds starts one background prune
+    #: (no timer, so nothing to stop; a server that writes nothing grows nothing to
+    #: prune). None: the application prunes (``await store.prune()``) itself.
+    prune_interval: float | None = 300.0
 
     def __post_init__(self) -> None:
         if self.idle_timeout <= 0 or self.absolute_timeout <= 0:
@@ -96,6 +108,8 @@ class SessionOptions:
             raise ValueError("touch_after must be >= 0")
         if self.max_session_bytes <= 0 or (self.max_user_sessions is not None and self.max_user_sessions < 1):
             raise ValueError("max_session_bytes and max_user_sessions must be positive")
+        if self.prune_interval is not None and self.prune_interval <= 0:
+            raise ValueError("prune_interval must be positive (or None to prune yourself)")
 
 
 def hash_session_id(session_id: str) -> str:
@@ -153,6 +167,18 @@ class SessionManager:
         *,
         clock: Clock | None = None,
     ) -> None:
+        if not isinstance(store, Store):
+            raise MisconfiguredError(
+                f"SessionManager needs a Store as its first argument, not {type(store).__name__}: "
+                'e.g. open_store("sqlite:///sessions.db")'
+            )
+        if not isinstance(keys, KeyRing):
+            raise MisconfiguredError(
+                f"SessionManager needs a KeyRing, not {type(keys).__name__}: use "
+                'KeyRing.from_text(os.environ["SESSION_KEYS"]); make a key with:  python -m sessions.keygen'
+            )
+        if options is not None and not isinstance(options, SessionOptions):
+            raise MisconfiguredError(f"options must be a SessionOptions, not {type(options).__name__}")
         self.store = store
         self.keys = keys
         self.options = options or SessionOptions()
@@ -160,6 +186,35 @@ class SessionManager:
         self.clock: Clock = clock or store.clock
         self.cookie_full_name = self.options.cookie.full_name(self.options.cookie_name)
         self.listeners: list[SessionListener] = []
+        interval = self.options.prune_interval
+        #: Runs one prune at a time for stores that need it (see ``prune_interval``).
+        self.pruner: PruneLoop | None = (
+            PruneLoop(lambda: self.store.prune(), interval, name=f"{store.name}-prune")
+            if interval is not None and not store.expires_natively
+            else None
+        )
+        self._next_prune = 0.0
+        self._pruning: asyncio.Task[int] | None = None
+
+    def _maybe_prune(self) -> None:
+        pruner = self.pruner
+        if pruner is None or self._pruning is not None:
+            return
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + pruner.interval
+        self._pruning = asyncio.get_running_loop().create_task(pruner.run_once(), name=pruner.name)
+        self._pruning.add_done_callback(self._pruned)
+
+    def _pruned(self, task: asyncio.Task[int]) -> None:
+        self._pruning = None
+
+    async def close(self) -> None:
+        """Wait for a prune in progress (the store is the application's to close)."""
+        task = self._pruning
+        if task is not None:
+            await task
 
     def _notify(self, event: str, *args: Any) -> None:
         for listener in self.listeners:
@@ -310,6 +365,8 @@ class SessionManager:
         """Carry out a plan: the store write(s), then the cookie. Runs before the response."""
         now, cookie = plan.now, plan.cookie
         expires = now + self.options.idle_timeout
+        if self.pruner is not None and plan.write != "none":
+            self._maybe_prune()  # only requests that write anyway: a read never touches the store
         if plan.write == "create":
             await self._create(session, plan, expires)
         elif plan.write == "update":

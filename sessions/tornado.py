@@ -32,11 +32,28 @@ from tornado.web import HTTPError, RequestHandler
 
 from .cookies import CookieOptions, get_sealed_json, restore_cookie_headers, set_sealed_json
 from .events import log_event, security_log
-from .manager import CommitPlan, SessionManager, SessionTooLarge
+from .manager import CommitPlan, MisconfiguredError, SessionManager, SessionTooLarge
 from .session import Session
 from .stores.base import StoreError
 
 log = logging.getLogger("sessions")
+
+
+def manager_from_settings(settings: dict[str, Any]) -> SessionManager:
+    """The application's ``session_manager`` setting, or an error that says how to give one."""
+    manager = settings.get("session_manager")
+    if not isinstance(manager, SessionManager):
+        raise MisconfiguredError(
+            "the Tornado application has no session_manager setting (a SessionManager); build it with "
+            "tornado.web.Application(handlers, session_manager=SessionManager(store, keys)). "
+            + (f"It is a {type(manager).__name__}." if manager is not None else "")
+        )
+    return manager
+
+
+def check_application(app: Any) -> SessionManager:
+    """Fail at startup, not at the first request, when ``app`` lacks a usable session manager."""
+    return manager_from_settings(app.settings)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
@@ -87,8 +104,7 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
 
     @property
     def session_manager(self) -> SessionManager:
-        manager: SessionManager = self.application.settings["session_manager"]
-        return manager
+        return manager_from_settings(self.application.settings)
 
     async def get_session(self) -> Session:
         """Load (once per request) and return this request's session."""

@@ -100,7 +100,7 @@ from .events import audit_log, log_event, security_log, short_key
 from .manager import SessionManager
 from .session import Session
 from .stores.base import StoreError
-from .tornado import CookieReaderMixin
+from .tornado import CookieReaderMixin, manager_from_settings
 
 log = logging.getLogger("sessions")
 
@@ -484,8 +484,7 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
 
     @property
     def session_manager(self) -> SessionManager:
-        manager: SessionManager = self.settings["session_manager"]
-        return manager
+        return manager_from_settings(self.settings)
 
     @property
     def socket_registry(self) -> SocketRegistry:

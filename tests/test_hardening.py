@@ -19,7 +19,7 @@ import pytest
 
 import server
 from handlers.base import SECURITY_HEADERS
-from server import parse_config, session_options_for, start_prune_timer
+from server import parse_config, session_options_for
 from sessions import generate_key
 from sessions.stores.memory import MemoryStore
 from tests.demo_fixtures import demo_app_fixtures
@@ -468,20 +468,6 @@ def test_store_help_lists_the_registered_schemes(capsys):
     for scheme in ("memory://", "sqlite://", "mongodb://"):
         assert scheme in out
     assert "--trusted-proxy" in out and "TRUSTED_PROXIES" in out
-
-
-class NativeStore(MemoryStore):
-    @property
-    def expires_natively(self) -> bool:
-        return True
-
-
-@pytest.mark.gen_test
-async def test_prune_timer_only_for_stores_that_need_it():
-    assert start_prune_timer(NativeStore()) is None
-    timer = start_prune_timer(MemoryStore())
-    assert timer is not None and timer.is_running()
-    timer.stop()
 
 
 def test_server_source_reads_no_backend_private_attribute():

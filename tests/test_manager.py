@@ -508,3 +508,76 @@ def test_flash_queue_drops_the_oldest_beyond_the_limit():
         session.flash(f"m{i}")
     messages = session.pop_flashes()
     assert len(messages) == MAX_FLASHES and messages[0][1] == "m20" and messages[-1][1] == f"m{MAX_FLASHES + 19}"
+
+
+class _NativeStore(CountingStore):
+    @property
+    def expires_natively(self) -> bool:
+        return True
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("options", [{"prune_interval": 0.05}])
+async def test_stores_that_do_not_expire_natively_are_pruned_without_an_app_timer(app, store, call):
+    import asyncio
+
+    manager = app.settings["session_manager"]
+    await call("GET", "read")
+    assert store.calls["prune"] == 0  # a read never touches the store
+    await call("POST", "set", {"a": 1})  # the first write prunes, in the background
+    await manager.close()  # waits for it
+    assert store.calls["prune"] == 1
+    await call("POST", "set", {"a": 2})  # within the interval: no second prune
+    await manager.close()
+    assert store.calls["prune"] == 1
+    await asyncio.sleep(0.06)
+    await call("POST", "set", {"a": 3})
+    await manager.close()
+    assert store.calls["prune"] == 2
+
+
+def test_no_prune_for_native_stores_or_when_turned_off():
+    native = _NativeStore()
+    manager = SessionManager(native, KeyRing.from_text(generate_key()), SessionOptions(prune_interval=0.05))
+    assert manager.pruner is None
+    off = SessionManager(CountingStore(), KeyRing.from_text(generate_key()), SessionOptions(prune_interval=None))
+    assert off.pruner is None
+
+
+def test_misconfiguration_fails_at_once_with_the_fix_in_the_message():
+    from sessions.manager import MisconfiguredError
+    from sessions.stores.memory import MemoryStore
+    from sessions.tornado import check_application
+
+    with pytest.raises(MisconfiguredError, match="KeyRing.from_text"):
+        SessionManager(MemoryStore(), generate_key())  # a raw key, not a ring
+    with pytest.raises(MisconfiguredError, match="open_store"):
+        SessionManager("sqlite:///x.db", KeyRing.from_text(generate_key()))
+    with pytest.raises(MisconfiguredError, match="session_manager=SessionManager"):
+        check_application(Application([]))
+    with pytest.raises(ValueError, match="python -m sessions.keygen"):
+        KeyRing.from_text("c2hvcnQ")  # base64url, but 5 bytes
+    with pytest.raises(ValueError, match="python -m sessions.keygen"):
+        KeyRing([b"too short"])
+
+
+def test_keygen_has_a_real_help_and_prints_keys():
+    import subprocess
+    import sys
+
+    help_text = subprocess.run([sys.executable, "-m", "sessions.keygen", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "SESSION_KEYS" in help_text.stdout and "usage" in help_text.stdout
+    keys = subprocess.run([sys.executable, "-m", "sessions.keygen", "-n", "2"], capture_output=True, text=True)
+    lines = keys.stdout.split()
+    assert len(lines) == 2 and all(KeyRing.from_text(line) for line in lines)
+
+
+def test_a_missing_driver_names_the_extra_to_install(monkeypatch):
+    import sys
+
+    from sessions import open_store
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "sessions.stores.redis", raising=False)
+    with pytest.raises(ImportError, match=r"tornado-sessions\[redis\]"):
+        open_store("redis://127.0.0.1:1/0")

@@ -76,9 +76,24 @@ def open_store(url: str, **options: object) -> Store:
     if factory is None:
         known = ", ".join(f"{s}://" for s in store_schemes())
         raise ValueError(f"unknown store URL {url!r}: use one of {known}")
-    resolved = _resolve(factory)
+    try:
+        resolved = _resolve(factory)
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get(scheme.lower())
+        hint = f'pip install "tornado-sessions[{extra}]"' if extra else f"install the {exc.name} package"
+        raise ImportError(
+            f"the {scheme}:// store needs the {exc.name!r} driver, which is not installed: {hint}", name=exc.name
+        ) from exc
     _check_options(scheme.lower(), resolved, options)
     return resolved(url, **options)
+
+
+#: The extra of setup.cfg that installs each built-in scheme's driver.
+_EXTRAS = {
+    "mongodb": "mongo", "mongodb+srv": "mongo",
+    "redis": "redis", "rediss": "redis", "redis+cluster": "redis", "rediss+cluster": "redis",
+    "postgresql": "postgres", "postgres": "postgres",
+}
 
 
 register_store("memory", "sessions.stores.memory:MemoryStore.from_url")

@@ -55,6 +55,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .pruning import PruneLoop
 
 __all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "ExpiryMode", "MongoStore", "escape_key", "unescape_key"]
 
@@ -241,7 +242,7 @@ class MongoStore(Store):
         self._ready = False
         self._closed = False
         self._setup_lock = asyncio.Lock()
-        self._prune_task: asyncio.Task[None] | None = None
+        self._pruner: PruneLoop | None = None
 
     # -- public extras -------------------------------------------------------
 
@@ -433,13 +434,9 @@ class MongoStore(Store):
         """Stop the prune task and close the client if this store built it."""
         self._closed = True
         self._ready = False
-        task, self._prune_task = self._prune_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        pruner, self._pruner = self._pruner, None
+        if pruner is not None:
+            await pruner.stop()
         client, self._owned_client = self._owned_client, None
         if client is not None:
             await client.close()
@@ -474,10 +471,9 @@ class MongoStore(Store):
             if not self._ready:
                 await self._create_indexes()
                 self._ready = True
-        if self.expiry_mode_in_force == "interval" and self._prune_task is None:
-            self._prune_task = asyncio.get_running_loop().create_task(
-                self._prune_forever(), name=f"mongo-session-prune:{self._collection.full_name}"
-            )
+        if self.expiry_mode_in_force == "interval" and self._pruner is None:
+            self._pruner = PruneLoop(self.prune, self.prune_interval, name=f"mongo-prune:{self._collection.full_name}")
+            self._pruner.start()
 
     async def _create_indexes(self) -> None:
         """Create the user_id and expires indexes and settle the expiry mode.
@@ -514,17 +510,3 @@ class MongoStore(Store):
         self.expiry_mode_in_force = "native" if mode == "native" else "interval"
         detail = "TTL index" if mode == "native" else f"pruned every {self.prune_interval:g} s{refused}"
         log.info("MongoDB session store on %s: expiry mode %s (%s)", coll.full_name, mode, detail)
-
-    async def _prune_forever(self) -> None:
-        """Delete expired sessions every ``prune_interval`` seconds until close()."""
-        while True:
-            await asyncio.sleep(self.prune_interval)
-            try:
-                deleted = await self.prune()
-            except StoreError as exc:
-                log.warning("pruning expired sessions failed (will retry): %s", exc)
-            except Exception:  # keep pruning whatever happens; the next run may succeed
-                log.exception("pruning expired sessions failed unexpectedly")
-            else:
-                if deleted:
-                    log.debug("pruned %d expired sessions", deleted)

@@ -66,6 +66,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .pruning import PruneLoop
 
 __all__ = ["DEFAULT_COUNTER_TABLE", "DEFAULT_TABLE", "PostgresStore"]
 
@@ -199,7 +200,7 @@ class PostgresStore(Store):
         self._ready = False
         self._closed = False
         self._setup_lock = asyncio.Lock()
-        self._prune_task: asyncio.Task[None] | None = None
+        self._pruner: PruneLoop | None = None
 
     @staticmethod
     def _pool_from_url(url: str, pool_size: int, timeout: float) -> Pool:
@@ -409,13 +410,9 @@ class PostgresStore(Store):
     async def close(self) -> None:
         """Stop the prune task and close the pool if this store built it."""
         self._closed = True
-        task, self._prune_task = self._prune_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        pruner, self._pruner = self._pruner, None
+        if pruner is not None:
+            await pruner.stop()
         if self._owned:
             self._owned = False
             await self.pool.close()
@@ -505,10 +502,9 @@ class PostgresStore(Store):
                     await self.pool.open(wait=False)
                 await self._create_schema()
                 self._ready = True
-        if self.prune_interval is not None and self._prune_task is None:
-            self._prune_task = asyncio.get_running_loop().create_task(
-                self._prune_forever(), name=f"postgres-session-prune:{self.table}"
-            )
+        if self.prune_interval is not None and self._pruner is None:
+            self._pruner = PruneLoop(self.prune, self.prune_interval, name=f"postgres-prune:{self.table}")
+            self._pruner.start()
 
     async def _create_schema(self) -> None:
         async with self.pool.connection(timeout=self.timeout) as conn, conn.transaction():
@@ -518,21 +514,6 @@ class PostgresStore(Store):
             for name in ("create_table", "index_expires", "index_user", "create_counters", "index_counters"):
                 await conn.execute(self._sql[name])
         log.info("PostgreSQL session store: %s", self.describe())
-
-    async def _prune_forever(self) -> None:
-        """Delete expired sessions every ``prune_interval`` seconds until close()."""
-        assert self.prune_interval is not None
-        while True:
-            await asyncio.sleep(self.prune_interval)
-            try:
-                deleted = await self.prune()
-            except StoreError as exc:
-                log.warning("pruning expired sessions failed (will retry): %s", exc)
-            except Exception:  # keep pruning whatever happens; the next run may succeed
-                log.exception("pruning expired sessions failed unexpectedly")
-            else:
-                if deleted:
-                    log.debug("pruned %d expired sessions", deleted)
 
     @staticmethod
     def _record(row: Sequence[Any]) -> Record:
