@@ -2,11 +2,20 @@
 
 from .cookies import CookieOptions, CookieTooLargeError
 from .keys import InvalidKeyError, KeyRing, MissingKeysError, Unsealed, generate_key, load_key_ring
-from .manager import CommitPlan, SessionListener, SessionManager, SessionOptions, hash_session_id
+from .manager import (
+    CommitPlan,
+    MisconfiguredError,
+    SessionListener,
+    SessionManager,
+    SessionOptions,
+    SessionTooLarge,
+    hash_session_id,
+)
+from .meta import SessionMeta
 from .remember import RememberMe, RememberOptions
 from .session import Session
 from .stores import Record, Store, StoreError, open_store, register_store
-from .tornado import SessionMixin
+from .tornado import SessionMixin, check_application
 from .websocket import SessionWebSocketMixin, SocketRegistry
 
 __all__ = [
@@ -15,6 +24,7 @@ __all__ = [
     "CookieTooLargeError",
     "InvalidKeyError",
     "KeyRing",
+    "MisconfiguredError",
     "MissingKeysError",
     "Record",
     "RememberMe",
@@ -22,8 +32,10 @@ __all__ = [
     "Session",
     "SessionListener",
     "SessionManager",
+    "SessionMeta",
     "SessionMixin",
     "SessionOptions",
+    "SessionTooLarge",
     "SessionWebSocketMixin",
     "SocketRegistry",
     "Store",
@@ -34,4 +46,5 @@ __all__ = [
     "load_key_ring",
     "open_store",
     "register_store",
+    "check_application",
 ]

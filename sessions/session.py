@@ -23,6 +23,8 @@ import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+from .meta import SessionMeta
+
 #: Session keys that start with this hold one flash message each: ``[category, text]``.
 FLASH_PREFIX = "_flash:"
 #: Most flash messages queued in one session; queueing more drops the oldest.
@@ -92,7 +94,7 @@ class Session(MutableMapping[str, Any]):
         self._stored_user_id = user_id
         #: Text about the session itself (login time, client address, user agent):
         #: stored beside the data for "active sessions" pages, not part of the mapping.
-        self.meta: dict[str, str] = dict(meta or {})
+        self.meta = SessionMeta(meta)
         self._stored_meta: dict[str, str] = dict(self.meta)
         self._regenerate: bool | None = None  # None: no; True: keep data; False: clear
         self._destroyed = False
