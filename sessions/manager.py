@@ -31,7 +31,7 @@ from tornado.web import RequestHandler
 from .cookies import CookieOptions, clear_cookie, log_rejected_cookie, set_cookie
 from .events import audit_log, log_event, security_log, short_key
 from .keys import KeyRing
-from .session import Session
+from .session import Session, state_of
 from .stores.base import KEEP, Clock, Record, Store
 from .stores.pruning import PruneLoop
 
@@ -280,7 +280,7 @@ class SessionManager:
             user_id=record.user_id,
             meta=record.meta,
         )
-        session.resend_cookie = opened.rotated
+        state_of(session).resend_cookie = opened.rotated
         return session
 
     # -- commit ------------------------------------------------------------------
@@ -294,14 +294,15 @@ class SessionManager:
         had_cookie = handler.get_cookie(self.cookie_full_name) is not None
         stale_cookie: CookieAction = "clear" if had_cookie else "keep"
 
+        state = state_of(session)
         if session.destroyed:
             if session.key is None and not had_cookie:
                 return None
             return CommitPlan("destroy", now, stale_cookie, drop_key=session.key)
 
-        if session.regenerating or session.is_new:
+        if state.regenerating or session.is_new:
             old_key = None if session.is_new else session.key
-            if session.is_empty and not options.save_uninitialized:
+            if state.is_empty(session) and not options.save_uninitialized:
                 if old_key is None and not had_cookie:
                     return None  # a visitor who stored nothing costs nothing
                 return CommitPlan("destroy", now, stale_cookie, drop_key=old_key)
@@ -313,26 +314,26 @@ class SessionManager:
                     hint="behind a TLS proxy? list it as a trusted proxy so X-Forwarded-Proto counts",
                 )
                 return None
-            items = session.all_items()
+            items = state.all_items(session)
             self._check_size(items, session.meta)
             meta = dict(session.meta)
             if options.bind_address:
                 meta[ADDRESS_META_KEY] = handler.request.remote_ip or ""
             return CommitPlan("create", now, "set", items=items, user_id=session.user_id, meta=meta, drop_key=old_key)
 
-        if session.is_empty:  # the handler removed everything: empty sessions are not kept
+        if state.is_empty(session):  # the handler removed everything: empty sessions are not kept
             return CommitPlan("destroy", now, "clear", drop_key=session.key)
 
-        resend = options.rolling or session.resend_cookie
+        resend = options.rolling or state.resend_cookie
         cookie: CookieAction = "set" if resend and self.can_send_cookie(handler) else "keep"
-        set_items, unset_keys = session.changes()
-        if set_items or session.meta_changed:
-            self._check_size(session.applied(set_items, unset_keys), session.meta)
-        if set_items or unset_keys or session.user_changed or session.meta_changed or options.resave:
+        set_items, unset_keys = state.changes(session)
+        if set_items or state.meta_changed(session):
+            self._check_size(state.applied(set_items, unset_keys), session.meta)
+        if set_items or unset_keys or state.user_changed(session) or state.meta_changed(session) or options.resave:
             return CommitPlan(
                 "update", now, cookie, items=set_items, unset_keys=unset_keys,
-                user_id=session.user_id if session.user_changed else KEEP,
-                meta=dict(session.meta) if session.meta_changed else KEEP,
+                user_id=session.user_id if state.user_changed(session) else KEEP,
+                meta=dict(session.meta) if state.meta_changed(session) else KEEP,
             )
         if now - session.last_access >= options.touch_after:
             return CommitPlan("touch", now, cookie)
@@ -381,7 +382,8 @@ class SessionManager:
             )
             if written:
                 session.expires, session.last_access = expires, now
-                session.mark_saved(session.id, session.key, session.applied(plan.items, plan.unset_keys))  # type: ignore[arg-type]
+                state = state_of(session)
+                state.mark_saved(session, session.id, session.key, state.applied(plan.items, plan.unset_keys))  # type: ignore[arg-type]
             else:
                 # Ended elsewhere (logout, revoke, expiry) while this request ran: do not
                 # bring it back from a partial copy.
@@ -407,7 +409,7 @@ class SessionManager:
         record = Record(plan.items, now, now, expires, plan.user_id, plan.meta)
         await self.store.create(key, record)
         session.created, session.last_access, session.expires = now, now, expires
-        session.mark_saved(session_id, key, plan.items)
+        state_of(session).mark_saved(session, session_id, key, plan.items)
         if plan.drop_key is not None:
             await self.store.destroy(plan.drop_key)
             self._notify("session_renamed", plan.drop_key, key)
@@ -442,7 +444,7 @@ class SessionManager:
             session.id.encode("utf-8"), self.cookie_full_name, max_age=max(remaining, 1)
         )
         set_cookie(handler, self.options.cookie_name, sealed, self.options.cookie)
-        session.resend_cookie = False
+        state_of(session).resend_cookie = False
 
     # -- flash -------------------------------------------------------------------
     async def pop_flashes(self, session: Session, category: str | None = None) -> list[tuple[str, str]]:
@@ -451,11 +453,12 @@ class SessionManager:
         Stored messages are taken with the store's atomic ``take``: of parallel requests
         of one session, each message goes to exactly one of them.
         """
-        stored, unsaved = session.flash_names(category)
+        state = state_of(session)
+        stored, unsaved = state.flash_names(session, category)
         taken: Mapping[str, str] = {}
         if stored and session.key is not None:
             taken = await self.store.take(session.key, stored) or {}
-        return session.drop_flashes(stored + unsaved, taken)
+        return state.drop_flashes(session, stored + unsaved, taken)
 
     # -- user-wide operations ----------------------------------------------------
     async def destroy_user_sessions(self, user_id: str, *, keep: Session | None = None) -> int:

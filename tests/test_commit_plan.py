@@ -13,7 +13,7 @@ import logging
 import pytest
 from tornado.web import Application, RequestHandler
 
-import sessions.session as session_module
+import sessions.tracking as session_module
 from sessions import (
     CookieOptions,
     KeyRing,
