@@ -34,7 +34,9 @@ from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from tornado import httputil
-from tornado.httpserver import HTTPServer, _ProxyAdapter
+from tornado.httpserver import HTTPServer
+
+from .tornado_internals import ProxyAdapter, apply_forwarded_headers
 
 __all__ = ["FORWARDED_HEADERS", "ProxyAwareHTTPServer", "make_http_server", "parse_trusted_proxies"]
 
@@ -69,7 +71,7 @@ def parse_trusted_proxies(values: str | Iterable[str] | None) -> list[str]:
     return found
 
 
-class _TrustedProxyAdapter(_ProxyAdapter):
+class _TrustedProxyAdapter(ProxyAdapter):
     """Tornado's proxy adapter, shown only the forwarded headers we accept."""
 
     def headers_received(
@@ -82,7 +84,7 @@ class _TrustedProxyAdapter(_ProxyAdapter):
             for value in headers.get_list(name):
                 forwarded.add(name, value)
         context: Any = getattr(self.connection, "context", None)
-        context._apply_xheaders(forwarded)
+        apply_forwarded_headers(context, forwarded)
         return self.delegate.headers_received(start_line, headers)
 
 

@@ -35,6 +35,7 @@ from .events import log_event, security_log
 from .manager import CommitPlan, MisconfiguredError, SessionManager, SessionTooLarge
 from .session import Session
 from .stores.base import StoreError
+from .tornado_internals import is_finished, response_header
 
 log = logging.getLogger("sessions")
 
@@ -118,7 +119,7 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
             except StoreError as exc:
                 log.error("session store failed on load: %s", exc)
                 raise HTTPError(503, reason="Session Store Unavailable") from exc
-            if "cookie" not in self._headers.get("Vary", "").lower():
+            if "cookie" not in response_header(self, "Vary").lower():
                 self.add_header("Vary", "Cookie")
             self.set_header("Cache-Control", "no-store")
         return self._session
@@ -156,7 +157,7 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
                 self.write(chunk)
             return self._session_commit  # Tornado's own finish() call while we commit
         session = self._session
-        if session is None or self._status_code >= 500 or self._finished:
+        if session is None or self.get_status() >= 500 or is_finished(self):
             return super().finish(chunk)
         try:
             plan = self.session_manager.plan(self, session)
@@ -195,7 +196,7 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
             self.send_error(500)
             return
         self._session_committed = True
-        if not self._finished:
+        if not is_finished(self):
             try:
                 await super().finish()
             except StreamClosedError:  # the client went away; nothing left to tell it

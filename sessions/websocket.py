@@ -101,6 +101,7 @@ from .manager import SessionManager
 from .session import Session
 from .stores.base import StoreError
 from .tornado import CookieReaderMixin, manager_from_settings
+from .tornado_internals import stream_backlog
 
 log = logging.getLogger("sessions")
 
@@ -428,21 +429,6 @@ class SocketRegistry:
                 await task
         for socket in self.sockets():
             self.end(socket, reason, code)
-
-
-def stream_backlog(handler: WebSocketHandler) -> int:
-    """Bytes written to ``handler``'s websocket that the kernel has not taken yet.
-
-    Tornado offers no public count (``IOStream.writing()`` only tells whether there is
-    any), so this reads ``IOStream._write_buffer``: the one private name this module
-    uses, kept here alone. If a Tornado release renames it, this returns 0 (the bound
-    then counts only :data:`WRITE_OVERHEAD` per unfinished write) and
-    ``tests/test_ws_limits.py::test_the_backlog_measure_follows_what_the_client_has_not_taken``
-    fails.
-    """
-    stream = getattr(handler.ws_connection, "stream", None)
-    buffer = getattr(stream, "_write_buffer", None)
-    return len(buffer) if buffer is not None else 0
 
 
 class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):

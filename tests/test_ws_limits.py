@@ -31,8 +31,8 @@ from sessions.websocket import (
     WRITE_OVERHEAD,
     SessionWebSocketMixin,
     SocketRegistry,
-    stream_backlog,
 )
+from sessions.tornado_internals import stream_backlog
 from tests.demo_fixtures import demo_app_fixtures
 from tests.support import Client
 
