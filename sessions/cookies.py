@@ -95,18 +95,6 @@ class CookieOptions:
             parts.append(f"; SameSite={self.samesite}")
         return "".join(parts)
 
-    def tornado_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "path": self.path,
-            "domain": self.domain,
-            "httponly": self.httponly,
-            "secure": self.effective_secure,
-        }
-        if self.samesite:
-            kwargs["samesite"] = self.samesite
-        if self.max_age is not None:
-            kwargs["max_age"] = self.max_age
-        return kwargs
 
 
 def set_cookie(handler: RequestHandler, name: str, value: str, options: CookieOptions) -> None:
@@ -154,10 +142,6 @@ def _put_header(handler: RequestHandler, name: str, header: str) -> None:
         return
     pending[name] = header
     handler.add_header("Set-Cookie", header)
-
-
-def get_cookie(handler: RequestHandler, name: str, options: CookieOptions) -> str | None:
-    return handler.get_cookie(options.full_name(name))
 
 
 def set_sealed_json(

@@ -352,16 +352,6 @@ class SessionManager:
                 f"the session would hold {size} bytes; the limit is {limit}"
             )
 
-    def commit_needed(self, handler: RequestHandler, session: Session) -> bool:
-        """False when committing would neither write nor set a cookie."""
-        return self.plan(handler, session) is not None
-
-    async def commit(self, handler: RequestHandler, session: Session) -> None:
-        """Plan and carry out this request's commit (the glue does both in ``finish()``)."""
-        plan = self.plan(handler, session)
-        if plan is not None:
-            await self.execute(handler, session, plan)
-
     async def execute(self, handler: RequestHandler, session: Session, plan: CommitPlan) -> None:
         """Carry out a plan: the store write(s), then the cookie. Runs before the response."""
         now, cookie = plan.now, plan.cookie
@@ -428,7 +418,7 @@ class SessionManager:
         cap = self.options.max_user_sessions
         if cap is None:
             return 0
-        sessions = [(key, record) for key, record in await self.store.list_user(user_id) if "kind" not in record.meta]
+        sessions = await self.store.list_user(user_id, kind="session")
         if len(sessions) <= cap:
             return 0
         sessions.sort(key=lambda item: (item[1].created, item[0]), reverse=True)

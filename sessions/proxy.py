@@ -38,7 +38,7 @@ from tornado.httpserver import HTTPServer
 
 from .tornado_internals import ProxyAdapter, apply_forwarded_headers
 
-__all__ = ["FORWARDED_HEADERS", "ProxyAwareHTTPServer", "make_http_server", "parse_trusted_proxies"]
+__all__ = ["FORWARDED_HEADERS", "ProxyAwareHTTPServer", "parse_trusted_proxies"]
 
 #: The only forwarded headers read from a trusted proxy.
 FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto")
@@ -137,10 +137,3 @@ class ProxyAwareHTTPServer(HTTPServer):
         if self.trusted_proxies and self.is_trusted_peer(getattr(context, "remote_ip", None)):
             return _TrustedProxyAdapter(delegate, request_conn)
         return delegate
-
-
-def make_http_server(
-    app: Any, *, trusted_proxies: str | Iterable[str] | None = None, **kwargs: Any
-) -> ProxyAwareHTTPServer:
-    """A :class:`ProxyAwareHTTPServer` for ``app`` (keyword arguments as for ``HTTPServer``)."""
-    return ProxyAwareHTTPServer(app, trusted_proxies=trusted_proxies, **kwargs)

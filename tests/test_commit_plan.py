@@ -104,7 +104,7 @@ async def test_a_write_encodes_each_changed_value_once(client, monkeypatch):
     await client.fetch("/op/set", "POST", json.dumps({"a": 2, "b": "text", "c": [1, 2]}))
     # __setitem__ checks each value once; the plan reuses that text for immutable values
     # and encodes the list once more (it could have been mutated in place since). Before
-    # the plan, commit_needed() and commit() each encoded every changed value again.
+    # the plan, deciding and committing each encoded every changed value again.
     assert sorted(map(repr, encoded)) == sorted(map(repr, [2, "text", [1, 2], [1, 2]]))
 
 

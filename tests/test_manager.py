@@ -401,7 +401,9 @@ async def test_request_racing_logout_does_not_resurrect_session(app, call, store
     session = await manager.load(slow)
     await call("POST", "logout")
     session["b"] = 2
-    await manager.commit(slow, session)
+    plan = manager.plan(slow, session)
+    assert plan is not None
+    await manager.execute(slow, session, plan)
     assert slow.cleared
     assert await store.load(key) is None
     assert await store.live_keys() == []
@@ -434,7 +436,7 @@ async def test_destroy_user_sessions_ends_every_session_of_user(app, call, http_
 
 
 @pytest.mark.gen_test
-async def test_commit_needed_only_when_there_is_work(app, call, jar, clock):
+async def test_a_plan_only_when_there_is_work(app, call, jar, clock):
     await call("POST", "set", {"a": [1]})
     manager = app.settings["session_manager"]
 
@@ -446,15 +448,15 @@ async def test_commit_needed_only_when_there_is_work(app, call, jar, clock):
 
     handler = Handler()
     session = await manager.load(handler)
-    assert manager.commit_needed(handler, session) is False
+    assert manager.plan(handler, session) is None
     _ = session["a"]  # a read of a mutable value alone is not a change
-    assert manager.commit_needed(handler, session) is False
+    assert manager.plan(handler, session) is None
     session["a"].append(2)
-    assert manager.commit_needed(handler, session) is True
+    assert manager.plan(handler, session) is not None
 
     fresh = await manager.load(handler)
     clock.now += manager.options.touch_after
-    assert manager.commit_needed(handler, fresh) is True  # touch is due
+    assert manager.plan(handler, fresh) is not None  # touch is due
 
 
 # -- limits ---------------------------------------------------------------------------

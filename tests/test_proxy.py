@@ -12,7 +12,7 @@ import socket
 import pytest
 from tornado.web import Application, RequestHandler
 
-from sessions.proxy import ProxyAwareHTTPServer, make_http_server, parse_trusted_proxies
+from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
 from tests.support import serve_on
 
 FORGED = {
@@ -40,7 +40,7 @@ def trusted_proxies():
 
 @pytest.fixture
 def http_server(request, io_loop, _unused_port, app, trusted_proxies):
-    return serve_on(request, io_loop, _unused_port, make_http_server(app, trusted_proxies=trusted_proxies))
+    return serve_on(request, io_loop, _unused_port, ProxyAwareHTTPServer(app, trusted_proxies=trusted_proxies))
 
 
 async def seen(http_client, base_url, headers) -> dict:
