@@ -305,3 +305,21 @@ async def test_sign_ups_into_a_deleted_sqlite_file_are_refused_not_lost(tmp_path
     with pytest.raises(StoreError):
         await users.by_id(first.id)
     await users.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_reads_from_a_moved_sqlite_file_are_refused_until_it_is_back(tmp_path):
+    """A file moved away must not keep answering from the old copy while /ready says 503."""
+    from sessions import Record, StoreError
+    from sessions.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "s.db"
+    store = SQLiteStore(path)
+    now = store.clock()
+    await store.create("k" * 64, Record({"count": "3"}, now, now, now + 600))
+    path.rename(tmp_path / "elsewhere.db")
+    with pytest.raises(StoreError):
+        await store.load("k" * 64)
+    (tmp_path / "elsewhere.db").rename(path)
+    assert (await store.load("k" * 64)).data == {"count": "3"}
+    await store.close()
