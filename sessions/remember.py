@@ -2,12 +2,12 @@
 
 The cookie holds ``selector:validator``, sealed like every cookie of ours (so it is
 also bound to its name and expires by itself). The store keeps, under the key
-``sha256("remember|" + selector)``, a record of the session store's own kind:
+``sha256("remember|" + selector)``, a record of kind ``"remember"`` (:data:`KIND`):
 
 * ``user_id``: the user, so "log out everywhere", a password change and theft
   detection (all :meth:`SessionManager.destroy_user_sessions`) end the user's tokens
   together with the sessions, through the same user index;
-* ``meta``: ``kind=remember`` and the client description (browser, address);
+* ``meta``: what the app gave at issue (the client description: browser, address);
 * ``data``: one item per validator, named by the SHA-256 of the validator (never the
   validator): ``"v:<hash>"`` for the current one, ``"p:<hash>"`` = rotation time for
   a previous one still inside the grace window;
@@ -44,6 +44,7 @@ from .manager import SessionManager
 from .session import Session
 from .stores.base import Record, Store
 
+#: The :attr:`Record.kind` of a remember-me token.
 KIND = "remember"
 DEFAULT_MAX_AGE = 30 * 24 * 3600
 DEFAULT_GRACE = 60.0
@@ -143,7 +144,8 @@ class RememberMe:
             updated=now,
             expires=now + self.options.max_age,
             user_id=user_id,
-            meta={**(meta or {}), "kind": KIND},
+            meta=dict(meta or {}),
+            kind=KIND,
         )
         await self.store.create(key, record)
         self._set_cookie(handler, selector, validator)
@@ -186,7 +188,7 @@ class RememberMe:
         key = token_key(selector)
         record = await self.store.load(key)
         remote = handler.request.remote_ip
-        if record is None or record.meta.get("kind") != KIND or record.user_id is None:
+        if record is None or not is_token(record) or record.user_id is None:
             log_event(audit_log, logging.INFO, "remember_unknown", token=short_key(key), remote=remote)
             self.clear_cookie(handler)
             return None
@@ -197,13 +199,11 @@ class RememberMe:
             if won is None:  # the token ended meanwhile
                 self.clear_cookie(handler)
                 return None
-            meta = {k: v for k, v in record.meta.items() if k != "kind"}
-            return Restored(record.user_id, won, key, meta)
+            return Restored(record.user_id, won, key, dict(record.meta))
         previous_item = _find(record, "p:", digest)
         previous = record.data[previous_item] if previous_item is not None else None
         if previous is not None and now - float(json.loads(previous)) <= self.options.grace:
-            meta = {k: v for k, v in record.meta.items() if k != "kind"}
-            return Restored(record.user_id, False, key, meta)
+            return Restored(record.user_id, False, key, dict(record.meta))
         await self._theft(handler, key, record.user_id)
         return None
 
@@ -285,4 +285,4 @@ class RememberMe:
 
 def is_token(record: Record) -> bool:
     """True for a remember-me token among a user's records (``store.list_user``)."""
-    return record.meta.get("kind") == KIND
+    return record.kind == KIND

@@ -37,11 +37,13 @@ def record(
     user_id: str | None = None,
     ttl: float = 600,
     meta: dict[str, str] | None = None,
+    kind: str = "session",
     clock: Callable[[], float] | None = None,
 ) -> Record:
     now = (clock or _CLOCK)()
     return Record(
-        data=dict(data or {}), created=now, updated=now, expires=now + ttl, user_id=user_id, meta=dict(meta or {})
+        data=dict(data or {}), created=now, updated=now, expires=now + ttl, user_id=user_id, meta=dict(meta or {}),
+        kind=kind,
     )
 
 
@@ -244,6 +246,59 @@ class StoreContract:
         key = new_key()
         await store.create(key, record({"a": "1"}))
         assert (await store.load(key)).meta == {}
+
+    # -- kinds -------------------------------------------------------------------
+
+    @pytest.mark.gen_test
+    async def test_each_kind_round_trips_and_update_keeps_it(self, store: Store) -> None:
+        for kind in ("session", "remember", "api-token"):
+            key = new_key()
+            await store.create(key, record({"a": "1"}, user_id="fay", meta={"kind": "not this"}, kind=kind))
+            loaded = await store.load(key)
+            assert loaded is not None and loaded.kind == kind and loaded.meta == {"kind": "not this"}
+            assert await store.update(
+                key, set_items={"b": "2"}, unset_keys=["a"], expires=_CLOCK() + 60, updated=_CLOCK(),
+                user_id="gus", meta={"ip": "x"},
+            )  # fmt: skip
+            assert await store.touch(key, expires=_CLOCK() + 90, updated=_CLOCK())
+            assert await store.take(key, ["b"]) == {"b": "2"}
+            loaded = await store.load(key)
+            assert loaded is not None and loaded.kind == kind and loaded.meta == {"ip": "x"}
+
+    @pytest.mark.gen_test
+    async def test_a_record_is_a_session_unless_told(self, store: Store) -> None:
+        key = new_key()
+        now = _CLOCK()
+        await store.create(key, Record({"a": "1"}, now, now, now + 60, "hal"))
+        loaded = await store.load(key)
+        assert loaded is not None and loaded.kind == "session"
+        [(_, listed)] = await store.list_user("hal", kind="session")
+        assert listed.kind == "session"
+
+    @pytest.mark.gen_test
+    async def test_list_user_filters_by_kind_and_destroy_user_removes_every_kind(self, store: Store) -> None:
+        keys: dict[str, list[str]] = {"session": [], "remember": []}
+        for i, kind in enumerate(["session", "remember", "session", "remember"]):
+            key = new_key()
+            rec = record({"i": str(i)}, user_id="ivy", kind=kind)
+            rec.created += i  # newest last
+            await store.create(key, rec)
+            keys[kind].insert(0, key)
+        await store.create(new_key(), record({"x": "1"}, user_id="ivy", ttl=-1, kind="remember"))  # expired
+        await store.create(new_key(), record({"x": "1"}, user_id="jon", kind="remember"))  # another user
+
+        everything = await store.list_user("ivy")
+        assert [r.kind for _, r in everything] == ["remember", "session", "remember", "session"]  # newest first
+        for kind, expected in keys.items():
+            listed = await store.list_user("ivy", kind=kind)
+            assert [k for k, _ in listed] == expected and all(r.kind == kind for _, r in listed)
+        assert await store.list_user("ivy", kind="api-token") == []
+
+        assert await store.destroy_user("ivy", keep=keys["remember"][0]) >= 3
+        assert [k for k, _ in await store.list_user("ivy")] == [keys["remember"][0]]
+        await store.destroy_user("ivy")
+        assert await store.list_user("ivy") == [] and await store.load(keys["remember"][0]) is None
+        assert len(await store.list_user("jon", kind="remember")) == 1
 
     # -- take --------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from sessions import KeyRing, RememberMe, RememberOptions, SessionManager, generate_key
-from sessions.remember import is_token, token_key
+from sessions.remember import KIND, is_token, token_key
 from tests.demo_fixtures import STORE_KINDS, open_demo_store
 from tests.support import CookieJar
 
@@ -86,8 +86,23 @@ async def test_only_a_hash_of_the_validator_is_stored(remember, store):
     selector, validator = remember.manager.keys.open(jar.cookies["remember"], "remember").decode().split(":")
     record = await store.load(token_key(selector))
     assert record is not None and is_token(record) and record.user_id == "u1"
+    assert record.kind == KIND and record.meta == {"ua": "Firefox"}  # the kind is no meta item
     stored = json.dumps([record.data, record.meta])
     assert validator not in stored and selector not in stored
+
+
+@pytest.mark.gen_test
+async def test_a_record_of_another_kind_under_a_token_key_restores_no_one(remember, store):
+    jar = await issue(remember)
+    selector = remember.manager.keys.open(jar.cookies["remember"], "remember").decode().split(":")[0]
+    key = token_key(selector)
+    record = await store.load(key)
+    assert record is not None
+    record.kind = "session"
+    await store.create(key, record)  # the same items, user and meta: only the kind differs
+    assert await use(remember, jar) is None
+    assert "remember" not in jar.cookies  # cleared
+    assert [r.kind for _, r in await store.list_user("u1")] == ["session"]  # and no theft
 
 
 @pytest.mark.gen_test

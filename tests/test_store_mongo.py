@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from pymongo.errors import OperationFailure
 
 from sessions.manager import hash_session_id
 from sessions.stores.base import Record, StoreError
-from sessions.stores.mongo import MongoStore, escape_key, unescape_key
+from sessions.stores.mongo import MongoStore, escape_mongo_field, unescape_mongo_field
 from tests.store_contract import StoreContract, new_key, record
 from tests.support import FakeClock, assert_fails_fast, free_port
 
@@ -55,6 +55,15 @@ def sync_db(mongo_url: str, mongo_db_name: str):
     client: MongoClient = MongoClient(mongo_url, serverSelectionTimeoutMS=2000, tz_aware=True)
     yield client[mongo_db_name]
     client.close()
+
+
+@pytest.fixture
+def store(mongo_url: str, mongo_db_name: str, io_loop: Any):
+    """A store on the real clock, its indexes created."""
+    store = MongoStore(mongo_url, database=mongo_db_name)
+    io_loop.run_sync(store.setup)
+    yield store
+    io_loop.run_sync(store.close)
 
 
 def server_supports_ttl(db: Any) -> bool:
@@ -100,21 +109,21 @@ def plan_stages(plan: Any) -> list[dict[str, Any]]:
     "key",
     ["", "plain", "a.b", "$where", "$", ".", "%", "%%", "%2E", "%25", "a%2Eb", "x\x00y", "ünï.$%", "..$$"],
 )
-def test_escape_key_round_trips_and_is_a_safe_field_name(key: str) -> None:
-    field = escape_key(key)
+def test_escape_mongo_field_round_trips_and_is_a_safe_field_name(key: str) -> None:
+    field = escape_mongo_field(key)
     assert field, "an empty update path is invalid in Mongo"
     assert "." not in field and "$" not in field and "\x00" not in field
-    assert unescape_key(field) == key
+    assert unescape_mongo_field(field) == key
 
 
-def test_escape_key_is_injective() -> None:
+def test_escape_mongo_field_is_injective() -> None:
     keys = ["", "%", "%25", "%2525", ".", "%2E", "$", "%24", "\x00", "%00", "a", "a."]
-    assert len({escape_key(k) for k in keys}) == len(keys)
+    assert len({escape_mongo_field(k) for k in keys}) == len(keys)
 
 
-def test_escape_key_leaves_ordinary_keys_alone() -> None:
-    assert escape_key("user_id") == "user_id"
-    assert escape_key("flash-messages") == "flash-messages"
+def test_escape_mongo_field_leaves_ordinary_keys_alone() -> None:
+    assert escape_mongo_field("user_id") == "user_id"
+    assert escape_mongo_field("flash-messages") == "flash-messages"
 
 
 # -- construction (no server needed) ---------------------------------------------
@@ -207,7 +216,8 @@ async def test_document_shape_and_raw_id_never_stored(
     assert len(docs) == 1
     doc = docs[0]
     assert doc["_id"] == key
-    assert set(doc) == {"_id", "data", "expires", "created", "updated", "user_id", "meta"}
+    assert set(doc) == {"_id", "data", "expires", "created", "updated", "user_id", "meta", "kind"}
+    assert doc["kind"] == "session"
     assert doc["data"] == {"user": '"alice"', "a%2Eb": "1", "%24where": "2", "seen": "true"}
     for name in ("expires", "created", "updated"):
         assert isinstance(doc[name], datetime) and doc[name].utcoffset().total_seconds() == 0
@@ -217,6 +227,21 @@ async def test_document_shape_and_raw_id_never_stored(
     for name in sync_db.list_collection_names():
         for stored in sync_db[name].find():
             assert raw_id not in repr(stored)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_documents_written_before_kinds_read_their_kind_from_meta(store: MongoStore, sync_db: Any) -> None:
+    now = datetime.now(UTC)
+    old = {"data": {"v:x": "1"}, "created": now, "updated": now, "expires": now + timedelta(minutes=10)}
+    sync_db.sessions.insert_many([
+        {"_id": "token", **old, "user_id": "kim", "meta": {"kind": "remember", "ua": "Firefox"}},
+        {"_id": "session", **old, "user_id": "kim", "meta": {"ua": "Firefox"}},
+    ])  # fmt: skip
+    token, session = await store.load("token"), await store.load("session")
+    assert token is not None and token.kind == "remember" and token.meta == {"ua": "Firefox"}
+    assert session is not None and session.kind == "session" and session.meta == {"ua": "Firefox"}
+    assert [k for k, _ in await store.list_user("kim", kind="remember")] == ["token"]
+    assert [k for k, _ in await store.list_user("kim", kind="session")] == ["session"]
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -277,7 +302,7 @@ async def test_interval_mode_prunes_in_the_background(
         assert await store.load(live) is not None
     finally:
         await store.close()
-    assert store._prune_task is None  # close() cancelled it
+    assert store._pruner is None  # close() stopped it
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -291,7 +316,7 @@ async def test_auto_mode_uses_ttl_when_the_server_has_it_and_interval_otherwise(
         assert store.expiry_mode_in_force is None
         await store.setup()
         assert store.expiry_mode_in_force == expected
-        assert (store._prune_task is not None) == (expected == "interval")
+        assert (store._pruner is not None) == (expected == "interval")
     finally:
         await store.close()
     assert f"expiry mode {expected}" in caplog.text
@@ -430,9 +455,9 @@ async def test_accepts_databases_and_collections_of_both_drivers(mongo_url: str,
 async def test_closed_store_refuses_work(mongo_url: str, mongo_db_name: str) -> None:
     store = MongoStore(mongo_url, database=mongo_db_name, expiry_mode="interval")
     await store.setup()
-    task = store._prune_task
-    assert task is not None and not task.done()
+    pruner = store._pruner
+    assert pruner is not None and pruner.running
     await store.close()
-    assert task.cancelled()
+    assert not pruner.running
     with pytest.raises(StoreError, match="closed"):
         await store.load(new_key())

@@ -16,7 +16,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from sessions.stores import open_store
-from sessions.stores.postgres import PostgresStore, escape_key, unescape_key
+from sessions.stores.postgres import PostgresStore, escape_nul, unescape_nul
 from tests.store_contract import StoreContract, new_key, record
 from tests.support import FakeClock, assert_fails_fast, free_port
 
@@ -56,9 +56,9 @@ def now_record(clock: FakeClock, data: dict[str, str], **kwargs: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", ["", "plain", "%", "%25", "%00", "x\x00y", "a.b", "$where", "ünï%\x00"])
-def test_escape_key_round_trips_without_nul(name: str) -> None:
-    stored = escape_key(name)
-    assert "\x00" not in stored and unescape_key(stored) == name
+def test_escape_nul_round_trips_without_nul(name: str) -> None:
+    stored = escape_nul(name)
+    assert "\x00" not in stored and unescape_nul(stored) == name
 
 
 # -- against the server ----------------------------------------------------------
@@ -99,13 +99,44 @@ async def test_setup_creates_table_and_indexes_idempotently_from_many_processes(
     assert columns == {
         "key": "text", "data": "jsonb", "created": "timestamp with time zone",
         "updated": "timestamp with time zone", "expires": "timestamp with time zone",
-        "user_id": "text", "meta": "jsonb",
+        "user_id": "text", "meta": "jsonb", "kind": "text",
     }  # fmt: skip
     indexes = sorted(row[0] for row in db.execute(
         "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s", [postgres_schema, postgres_table]
     ).fetchall())  # fmt: skip
     assert len(indexes) == 3
     assert any("(expires)" in i for i in indexes) and any("(user_id) WHERE (user_id IS NOT NULL)" in i for i in indexes)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_table_from_before_kinds_is_upgraded(
+    postgres_url: str, postgres_schema: str, postgres_table: str, db: psycopg.Connection[Any]
+) -> None:
+    table = f'"{postgres_schema}"."{postgres_table}"'
+    db.execute(
+        f"CREATE TABLE {table} (key text PRIMARY KEY, data jsonb NOT NULL DEFAULT '{{}}', "
+        "created timestamptz NOT NULL, updated timestamptz NOT NULL, expires timestamptz NOT NULL, "
+        "user_id text, meta jsonb NOT NULL DEFAULT '{}')"
+    )
+    for key, meta in [("token", '{"kind": "remember", "ua": "Firefox"}'), ("session", '{"ua": "Firefox"}')]:
+        db.execute(
+            f"INSERT INTO {table} VALUES (%s, '{{}}', now(), now(), now() + interval '10 minutes', 'u1', %s)",
+            [key, meta],
+        )
+    stores = [PostgresStore(postgres_url, schema=postgres_schema, table=postgres_table) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.setup() for s in stores))  # several processes at once: one upgrade
+        token, session = await stores[0].load("token"), await stores[1].load("session")
+        assert token is not None and token.kind == "remember" and token.meta == {"ua": "Firefox"}
+        assert session is not None and session.kind == "session" and session.meta == {"ua": "Firefox"}
+        assert [k for k, _ in await stores[2].list_user("u1", kind="remember")] == ["token"]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    default = db.execute(
+        "SELECT column_default, is_nullable FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = 'kind'", [postgres_schema, postgres_table],
+    ).fetchone()  # fmt: skip
+    assert default == ("'session'::text", "NO")
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -112,6 +112,7 @@ async def test_pexpireat_moves_with_touch_and_update(store: RedisStore, clock: F
 async def test_redis_deletes_expired_sessions_and_user_index_itself(any_url: str, redis_prefix: str) -> None:
     store = RedisStore(any_url, prefix=redis_prefix, index_slack=0)  # real clock: Redis expires in real time
     try:
+        await store.setup()  # a cluster's discovery must not eat into the short lifetimes below
         keys = [new_key(), new_key()]
         for key in keys:
             await store.create(key, record({"a": "1"}, user_id="carol", ttl=0.3))
@@ -139,6 +140,20 @@ async def test_prefix_isolates_stores(any_url: str, redis_prefix: str, clock: Fa
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_hashes_written_before_kinds_read_their_kind_from_meta(store: RedisStore, clock: FakeClock) -> None:
+    key = new_key()
+    await store.create(key, now_record(clock, {"v:x": "1"}, user_id="kim", meta={"ua": "Firefox"}))
+    assert await store.client.hget(store.session_key(key), "kind") == "session"
+    # What an older version wrote for a remember-me token: no kind field, meta.kind instead.
+    await store.client.hdel(store.session_key(key), "kind")
+    await store.client.hset(store.session_key(key), "meta", '{"kind": "remember", "ua": "Firefox"}')
+    loaded = await store.load(key)
+    assert loaded is not None and loaded.kind == "remember" and loaded.meta == {"ua": "Firefox"}
+    assert [k for k, _ in await store.list_user("kim", kind="remember")] == [key]
+    assert await store.list_user("kim", kind="session") == []
 
 
 # -- the user index ----------------------------------------------------------------

@@ -71,18 +71,25 @@ async def test_files_are_private(tmp_path):
         assert stat.S_IMODE(os.stat(path.parent / name).st_mode) == 0o600, name
 
 
-@pytest.mark.gen_test
-async def test_a_database_from_before_meta_and_counters_is_upgraded(tmp_path):
-    path = tmp_path / "old.db"
+def _old_database(path, extra_columns):
+    """A database as an older version left it: sessions with ``extra_columns`` and items, nothing else."""
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")  # as every version of the store leaves it
     conn.executescript(
-        """
+        f"""
         CREATE TABLE sessions (key TEXT PRIMARY KEY, user_id TEXT, created REAL NOT NULL,
-                               updated REAL NOT NULL, expires REAL NOT NULL) WITHOUT ROWID;
+                               updated REAL NOT NULL, expires REAL NOT NULL{extra_columns}) WITHOUT ROWID;
         CREATE TABLE session_items (key TEXT NOT NULL REFERENCES sessions (key) ON DELETE CASCADE,
                                     name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key, name)) WITHOUT ROWID;
         """
     )
+    return conn
+
+
+@pytest.mark.gen_test
+async def test_a_database_from_before_meta_and_counters_is_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    conn = _old_database(path, "")
     now = time.time()
     conn.execute("INSERT INTO sessions VALUES ('old', 'u1', ?, ?, ?)", (now, now, now + 600))
     conn.execute("INSERT INTO session_items VALUES ('old', 'count', '3')")
@@ -97,6 +104,33 @@ async def test_a_database_from_before_meta_and_counters_is_upgraded(tmp_path):
         assert (await store.hit("n", 60))[0] == 1
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test
+async def test_a_database_from_before_kinds_is_upgraded(tmp_path):
+    path = tmp_path / "old.db"
+    conn = _old_database(path, ", meta TEXT")
+    now = time.time()
+    rows = [
+        ("token", '{"kind":"remember","ua":"Firefox"}'), ("bare-token", '{"kind":"remember"}'),
+        ("session", '{"ua":"Firefox"}'), ("no-meta", None),
+    ]  # fmt: skip
+    for key, meta in rows:
+        conn.execute("INSERT INTO sessions VALUES (?, 'u1', ?, ?, ?, ?)", (key, now, now, now + 600, meta))
+    conn.commit()
+    conn.close()
+    stores = [SQLiteStore(path) for _ in range(3)]  # several processes opening it at once
+    try:
+        await asyncio.gather(*(s.setup() for s in stores))
+        store = stores[0]
+        loaded = {key: await store.load(key) for key, _ in rows}
+        assert {key: (r.kind, r.meta) for key, r in loaded.items()} == {
+            "token": ("remember", {"ua": "Firefox"}), "bare-token": ("remember", {}),
+            "session": ("session", {"ua": "Firefox"}), "no-meta": ("session", {}),
+        }  # fmt: skip
+        assert sorted(k for k, _ in await store.list_user("u1", kind="remember")) == ["bare-token", "token"]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
 
 
 @pytest.mark.gen_test

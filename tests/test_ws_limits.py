@@ -26,13 +26,13 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from sessions.tornado_internals import stream_backlog
 from sessions.websocket import (
     DEFAULT_MAX_PER_SESSION,
     WRITE_OVERHEAD,
     SessionWebSocketMixin,
     SocketRegistry,
 )
-from sessions.tornado_internals import stream_backlog
 from tests.demo_fixtures import demo_app_fixtures
 from tests.support import Client
 
@@ -413,8 +413,7 @@ async def test_a_session_without_a_credentials_version_is_refused(new_client, co
     ana = await registered(new_client)
     await still_open(await connect(ana))  # with its "cv": accepted
     manager = app.settings["session_manager"]
-    [(key, record)] = [(k, r) for k, r in await manager.store.list_user(await user_id(app))
-                       if "kind" not in r.meta]
+    [(key, record)] = await manager.store.list_user(await user_id(app), kind="session")
     assert "cv" in record.meta
     meta = {k: v for k, v in record.meta.items() if k != "cv"}
     assert await manager.store.update(key, set_items={}, unset_keys=(), expires=record.expires,

@@ -36,6 +36,10 @@ KEEP: Final[Any] = _Keep()
 
 Clock = Callable[[], float]
 
+#: The kind of an ordinary session record; other kinds (remember-me tokens, "remember")
+#: live in the same store, under the same user index, and are told apart by it.
+DEFAULT_KIND: Final = "session"
+
 
 def window_bounds(now: float, window: float) -> tuple[str, float]:
     """The fixed counter window holding ``now``: (its slot name, when it ends).
@@ -62,6 +66,11 @@ class Record:
     deadline the manager computed. ``meta`` is small text about the session itself
     (login time, client address, user agent) for pages such as "active sessions";
     it is not session data and handlers do not see it as such.
+
+    ``kind`` says what the record is: ``"session"`` for a session, another short name
+    for other records a store keeps for a user (``"remember"``: a remember-me token).
+    It is set at :meth:`Store.create` and never changed by :meth:`Store.update`;
+    :meth:`Store.list_user` can filter by it, :meth:`Store.destroy_user` removes every kind.
     """
 
     data: dict[str, str]
@@ -70,6 +79,7 @@ class Record:
     expires: float
     user_id: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    kind: str = DEFAULT_KIND
 
 
 class Store(abc.ABC):
@@ -103,7 +113,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create(self, key: str, record: Record) -> None:
-        """Insert a new session, replacing whatever the key held (new and regenerated sessions)."""
+        """Insert a new record of ``record.kind``, replacing whatever the key held (new and regenerated sessions)."""
 
     @abc.abstractmethod
     async def update(
@@ -123,8 +133,9 @@ class Store(abc.ABC):
         request that did not change them cannot put back a stale value another request
         replaced; a given ``meta`` replaces the stored one whole. Keys not named stay as
         they are in the store, whatever this request loaded. A key both set and unset
-        ends up unset. Returns False (and writes nothing) when the session no longer
-        exists, so a request racing a logout cannot bring the session back.
+        ends up unset. The record's ``kind`` stays as created. Returns False (and writes
+        nothing) when the session no longer exists, so a request racing a logout cannot
+        bring the session back.
         """
 
     @abc.abstractmethod
@@ -146,11 +157,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
-        """Delete every session of a user (except ``keep``) through a user index; returns how many."""
+        """Delete every record of a user, of every kind (except ``keep``), through a user index; returns how many."""
 
     @abc.abstractmethod
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
-        """The user's unexpired sessions as (key, record), newest first."""
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
+        """The user's unexpired records as (key, record), newest first: those of ``kind``, or all kinds (None)."""
 
     @abc.abstractmethod
     async def prune(self) -> int:

@@ -19,13 +19,13 @@ from collections.abc import Iterable, Mapping
 from .base import KEEP, Clock, Record, Store, window_bounds
 
 _Items = tuple[tuple[str, str], ...]
-#: data items, created, updated, expires, user_id, meta items
-_Row = tuple[_Items, float, float, float, str | None, _Items]
+#: data items, created, updated, expires, user_id, meta items, kind
+_Row = tuple[_Items, float, float, float, str | None, _Items, str]
 
 
 def _record(row: _Row) -> Record:
-    data, created, updated, expires, user_id, meta = row
-    return Record(dict(data), created, updated, expires, user_id, dict(meta))
+    data, created, updated, expires, user_id, meta, kind = row
+    return Record(dict(data), created, updated, expires, user_id, dict(meta), kind)
 
 
 def _items(mapping: Mapping[str, str]) -> _Items:
@@ -89,9 +89,10 @@ class MemoryStore(Store):
         return None if row is None else _record(row)
 
     async def create(self, key: str, record: Record) -> None:
-        self._put(
-            key, (_items(record.data), record.created, record.updated, record.expires, record.user_id, _items(record.meta))
-        )
+        self._put(key, (
+            _items(record.data), record.created, record.updated, record.expires, record.user_id, _items(record.meta),
+            record.kind,
+        ))  # fmt: skip
 
     async def update(
         self,
@@ -107,7 +108,7 @@ class MemoryStore(Store):
         row = self._live(key)
         if row is None:
             return False
-        items, created, _, _, stored_user, stored_meta = row
+        items, created, _, _, stored_user, stored_meta, kind = row
         data = dict(items)
         data.update(set_items)
         for name in unset_keys:
@@ -121,6 +122,7 @@ class MemoryStore(Store):
                 expires,
                 stored_user if user_id is KEEP else user_id,
                 stored_meta if meta is KEEP else _items(meta),
+                kind,
             ),
         )
         return True
@@ -129,19 +131,18 @@ class MemoryStore(Store):
         row = self._live(key)
         if row is None:
             return None
-        items, created, updated, expires, user_id, meta = row
-        data = dict(items)
+        data = dict(row[0])
         taken = {name: data.pop(name) for name in names if name in data}
         if taken:
-            self._rows[key] = (_items(data), created, updated, expires, user_id, meta)
+            self._rows[key] = (_items(data), *row[1:])
         return taken
 
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
         row = self._live(key)
         if row is None:
             return False
-        items, created, _, _, user_id, meta = row
-        self._rows[key] = (items, created, updated, expires, user_id, meta)
+        items, created, _, _, user_id, meta, kind = row
+        self._rows[key] = (items, created, updated, expires, user_id, meta, kind)
         return True
 
     async def destroy(self, key: str) -> None:
@@ -153,9 +154,13 @@ class MemoryStore(Store):
             self._drop(key)
         return len(doomed)
 
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
         now = self.clock()
-        found = [(key, _record(row)) for key in self._by_user.get(user_id, {}) if (row := self._rows[key])[3] > now]
+        found = [
+            (key, _record(row))
+            for key in self._by_user.get(user_id, {})
+            if (row := self._rows[key])[3] > now and kind in (None, row[6])
+        ]
         return sorted(found, key=lambda item: (item[1].created, item[0]), reverse=True)
 
     async def hit(self, name: str, window: float) -> tuple[int, float]:

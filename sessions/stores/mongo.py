@@ -5,7 +5,8 @@ One document per session::
     {_id: <key, already a hash of the session ID>,
      data: {<escaped session key>: <JSON text>, ...},
      expires: <BSON date, idle deadline>, created: <date>, updated: <date>,
-     user_id: <str | null, indexed>, meta: {...} (only when non-empty)}
+     user_id: <str | null, indexed>, meta: {...} (only when non-empty),
+     kind: "session" | "remember" | ...}
 
 Why this shape:
 
@@ -13,8 +14,8 @@ Why this shape:
   ``update_one`` with ``$set``/``$unset`` on ``data.<key>`` fields: concurrent
   requests that change different keys of one session both persist, and nothing is
   ever parsed or pickled here.
-* Session keys are escaped (``%`` ``.`` ``$`` NUL percent-encoded, the empty key
-  stored as a lone ``%``) because Mongo update paths split on ``.`` and treat a
+* Session keys are escaped (:func:`escape_mongo_field`: ``%`` ``.`` ``$`` NUL
+  percent-encoded, the empty key stored as a lone ``%``) because Mongo update paths split on ``.`` and treat a
   leading ``$`` as an operator; a key such as ``"a.b"`` or ``"$where"`` must stay
   one opaque field and round-trip exactly.
 * ``expires`` is a BSON date so that MongoDB's TTL monitor can delete expired
@@ -28,6 +29,9 @@ Why this shape:
   Their ``_id`` cannot collide with a session's (a 64-digit hex hash).
 * BSON dates have millisecond precision: times read back are the stored float
   seconds truncated to the millisecond.
+* A document written before records had a ``kind`` has none: it reads back as a
+  session, or as the kind an older version put in its ``meta.kind`` (remember-me
+  tokens), so no migration is needed.
 
 Only the method subset shared by ``pymongo.AsyncMongoClient`` and Motor is used
 (``find_one``, ``replace_one``, ``update_one``, ``find_one_and_update``,
@@ -38,13 +42,11 @@ accepts a client, database or collection of either driver.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from bson.codec_options import CodecOptions
@@ -55,9 +57,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .plumbing import DriverErrors, Lifecycle, split_legacy_kind
 from .pruning import PruneLoop
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_DATABASE", "ExpiryMode", "MongoStore", "escape_key", "unescape_key"]
+__all__ = [
+    "DEFAULT_COLLECTION", "DEFAULT_DATABASE", "ExpiryMode", "MongoStore", "escape_mongo_field", "unescape_mongo_field",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +80,13 @@ _EPOCH = datetime(1970, 1, 1)
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions()
 #: Everything the driver raises: network and server errors, and documents it
 #: cannot encode (too large, invalid strings).
-_DRIVER_ERRORS = (PyMongoError, BSONError)
+_errors = DriverErrors("mongodb", (PyMongoError, BSONError))
 #: Server error codes meaning "an index on these keys already exists with other
 #: options or another name" (IndexOptionsConflict, IndexKeySpecsConflict).
 _INDEX_CONFLICT_CODES = frozenset({85, 86})
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-def escape_key(key: str) -> str:
-    """Make a session key safe as one Mongo field name (reversible).
+def escape_mongo_field(key: str) -> str:
+    """Make a session key (or meta name) safe as one Mongo field name (reversible).
 
     ``%`` is encoded first so that decoding is exact; every other ``%`` in the
     result starts a three-character escape, which leaves a lone ``%`` free to
@@ -98,8 +99,8 @@ def escape_key(key: str) -> str:
     return key
 
 
-def unescape_key(field: str) -> str:
-    """Invert :func:`escape_key`."""
+def unescape_mongo_field(field: str) -> str:
+    """Invert :func:`escape_mongo_field`."""
     if "%" not in field:
         return field
     if field == "%":
@@ -115,22 +116,6 @@ def _to_timestamp(value: datetime) -> float:
     if value.tzinfo is None:  # BSON dates are UTC; the codec decodes them naive
         return (value - _EPOCH).total_seconds()
     return value.timestamp()
-
-
-def _translate_errors(
-    method: Callable[_P, Coroutine[Any, Any, _T]],
-) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """Turn every driver error into StoreError, so callers answer 503 uniformly."""
-    op = method.__name__
-
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await method(*args, **kwargs)
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(f"mongodb {op} failed: {type(exc).__name__}: {exc}") from exc
-
-    return wrapper
 
 
 def _url_option_names(url: str) -> set[str]:
@@ -220,6 +205,12 @@ class MongoStore(Store):
             ):
                 if value is not None or name.lower() not in options:
                     kwargs[name] = int(1000 * (DEFAULT_TIMEOUT if value is None else value))
+            # A retried operation after a socket timeout waits a second timeout: a hung
+            # server would answer in twice the promised time. One try, then a 503 (the
+            # client retries); a URL or client_options may turn retries back on.
+            for name in ("retryReads", "retryWrites"):
+                if name.lower() not in options:
+                    kwargs[name] = False
             kwargs.update(client_options or {})
             client = AsyncMongoClient(target, **kwargs)
             self._owned_client = client
@@ -239,9 +230,7 @@ class MongoStore(Store):
             )
 
         self._collection = coll.with_options(codec_options=_CODEC)
-        self._ready = False
-        self._closed = False
-        self._setup_lock = asyncio.Lock()
+        self._lifecycle = Lifecycle(self.name, self._prepare)
         self._pruner: PruneLoop | None = None
 
     # -- public extras -------------------------------------------------------
@@ -266,22 +255,20 @@ class MongoStore(Store):
         """The database holding the sessions, so an app can keep its other collections beside them."""
         return self._collection.database
 
-    @_translate_errors
+    @_errors.ready_first
     async def setup(self) -> None:
         """Create the indexes and choose the expiry mode now rather than on first use.
 
         Raises StoreError when the server cannot be reached (a later call retries).
         """
-        await self._ensure_ready()
 
     # -- Store interface -----------------------------------------------------
 
-    @_translate_errors
+    @_errors.ready_first
     async def load(self, key: str) -> Record | None:
         # Fetch by _id alone and check expiry here: an _id-only query is the fastest
         # path on MongoDB (and the only one FerretDB's SQLite backend pushes down),
         # and an expired document is never returned either way.
-        await self._ensure_ready()
         doc = await self._collection.find_one({"_id": key})
         if doc is None:
             return None
@@ -290,24 +277,24 @@ class MongoStore(Store):
             return None
         return record
 
-    @_translate_errors
+    @_errors.ready_first
     async def create(self, key: str, record: Record) -> None:
-        await self._ensure_ready()
         doc: dict[str, Any] = {
             "_id": key,
-            "data": {escape_key(k): v for k, v in record.data.items()},
+            "data": {escape_mongo_field(k): v for k, v in record.data.items()},
             "expires": _to_datetime(record.expires),
             "created": _to_datetime(record.created),
             "updated": _to_datetime(record.updated),
             "user_id": record.user_id,
+            "kind": record.kind,
         }
         if record.meta:
-            doc["meta"] = {escape_key(k): v for k, v in record.meta.items()}
+            doc["meta"] = {escape_mongo_field(k): v for k, v in record.meta.items()}
         # Replace whatever is stored under this key (a regenerated session reusing a
         # key must not keep stale fields); one round trip either way.
         await self._collection.replace_one({"_id": key}, doc, upsert=True)
 
-    @_translate_errors
+    @_errors.ready_first
     async def update(
         self,
         key: str,
@@ -320,11 +307,10 @@ class MongoStore(Store):
         meta: Mapping[str, str] = KEEP,
     ) -> bool:
         """One conditional ``update_one``; a key both set and unset ends up unset, as in the other stores."""
-        await self._ensure_ready()
-        removed = {f"data.{escape_key(k)}": "" for k in unset_keys}
+        removed = {f"data.{escape_mongo_field(k)}": "" for k in unset_keys}
         changes: dict[str, Any] = {
             field: v
-            for field, v in ((f"data.{escape_key(k)}", v) for k, v in set_items.items())
+            for field, v in ((f"data.{escape_mongo_field(k)}", v) for k, v in set_items.items())
             if field not in removed
         }
         changes["expires"] = _to_datetime(expires)
@@ -334,7 +320,7 @@ class MongoStore(Store):
         spec: dict[str, Any] = {"$set": changes}
         if meta is not KEEP:
             if meta:
-                changes["meta"] = {escape_key(k): v for k, v in meta.items()}
+                changes["meta"] = {escape_mongo_field(k): v for k, v in meta.items()}
             else:
                 removed["meta"] = ""
         if removed:
@@ -344,15 +330,14 @@ class MongoStore(Store):
         )
         return result.matched_count == 1
 
-    @_translate_errors
+    @_errors.ready_first
     async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
         """One ``find_one_and_update``: the server unsets the fields and hands back their old values.
 
         A single-document write is atomic on MongoDB, so of two concurrent takes of one
         field only the first sees it.
         """
-        await self._ensure_ready()
-        wanted = {escape_key(name) for name in names}
+        wanted = {escape_mongo_field(name) for name in names}
         fields = {f"data.{field}": "" for field in wanted}
         if not fields:
             return {} if await self.load(key) is not None else None
@@ -365,45 +350,40 @@ class MongoStore(Store):
         )
         if before is None:
             return None
-        return {unescape_key(k): v for k, v in (before.get("data") or {}).items() if k in wanted}
+        return {unescape_mongo_field(k): v for k, v in (before.get("data") or {}).items() if k in wanted}
 
-    @_translate_errors
+    @_errors.ready_first
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
-        await self._ensure_ready()
         result = await self._collection.update_one(
             {"_id": key, "expires": {"$gt": _to_datetime(self.clock())}},
             {"$set": {"expires": _to_datetime(expires), "updated": _to_datetime(updated)}},
         )
         return result.matched_count == 1
 
-    @_translate_errors
+    @_errors.ready_first
     async def destroy(self, key: str) -> None:
-        await self._ensure_ready()
         await self._collection.delete_one({"_id": key})
 
-    @_translate_errors
+    @_errors.ready_first
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         """Delete through the ``user_id`` index; expired, unpruned sessions go too."""
-        await self._ensure_ready()
         result = await self._collection.delete_many(self._user_query(user_id, keep=keep))
         return result.deleted_count
 
-    @_translate_errors
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
-        await self._ensure_ready()
+    @_errors.ready_first
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
         now = self.clock()
         cursor = self._collection.find({"user_id": user_id, "expires": {"$gt": _to_datetime(now)}})
         docs = await cursor.to_list(None)
         # A user has a handful of sessions: sorting here needs no extra index.
         items = [(doc["_id"], self._record(doc)) for doc in docs]
-        items = [(k, r) for k, r in items if r.expires > now]
+        items = [(k, r) for k, r in items if r.expires > now and kind in (None, r.kind)]
         items.sort(key=lambda item: (item[1].created, item[1].updated, item[0]), reverse=True)
         return items
 
-    @_translate_errors
+    @_errors.ready_first
     async def hit(self, name: str, window: float) -> tuple[int, float]:
         """One upserting ``find_one_and_update`` with ``$inc``: atomic on the server."""
-        await self._ensure_ready()
         slot, end = window_bounds(self.clock(), window)
         doc = await self._collection.find_one_and_update(
             {"_id": f"hits|{slot}|{name}"},
@@ -414,26 +394,23 @@ class MongoStore(Store):
         assert doc is not None  # an upsert that returns the document after always has one
         return int(doc["hits"]), end
 
-    @_translate_errors
+    @_errors.ready_first
     async def reset_hits(self, name: str, window: float) -> None:
-        await self._ensure_ready()
         slot, _ = window_bounds(self.clock(), window)
         await self._collection.delete_one({"_id": f"hits|{slot}|{name}"})
 
-    @_translate_errors
+    @_errors.ready_first
     async def prune(self) -> int:
-        await self._ensure_ready()
         result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self.clock())}})
         return result.deleted_count
 
-    @_translate_errors
+    @_errors
     async def ping(self) -> None:
         await self._collection.database.command("ping")
 
     async def close(self) -> None:
-        """Stop the prune task and close the client if this store built it."""
-        self._closed = True
-        self._ready = False
+        """Stop the prune task and close the client if this store built it; later calls fail."""
+        self._lifecycle.close()
         pruner, self._pruner = self._pruner, None
         if pruner is not None:
             await pruner.stop()
@@ -453,24 +430,22 @@ class MongoStore(Store):
 
     @staticmethod
     def _record(doc: Mapping[str, Any]) -> Record:
+        kind, meta = split_legacy_kind(
+            doc.get("kind"), {unescape_mongo_field(k): v for k, v in (doc.get("meta") or {}).items()}
+        )
         return Record(
-            data={unescape_key(k): v for k, v in (doc.get("data") or {}).items()},
+            data={unescape_mongo_field(k): v for k, v in (doc.get("data") or {}).items()},
             created=_to_timestamp(doc["created"]),
             updated=_to_timestamp(doc["updated"]),
             expires=_to_timestamp(doc["expires"]),
             user_id=doc.get("user_id"),
-            meta={unescape_key(k): v for k, v in (doc.get("meta") or {}).items()},
+            meta=meta,
+            kind=kind,
         )
 
-    async def _ensure_ready(self) -> None:
-        if self._ready:
-            return
-        if self._closed:
-            raise StoreError("mongodb store is closed")
-        async with self._setup_lock:
-            if not self._ready:
-                await self._create_indexes()
-                self._ready = True
+    async def _prepare(self) -> None:
+        """Once, before the first operation (see :class:`Lifecycle`): indexes, expiry mode, prune task."""
+        await self._create_indexes()
         if self.expiry_mode_in_force == "interval" and self._pruner is None:
             self._pruner = PruneLoop(self.prune, self.prune_interval, name=f"mongo-prune:{self._collection.full_name}")
             self._pruner.start()

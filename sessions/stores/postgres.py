@@ -10,6 +10,7 @@ unless told otherwise)::
     expires  timestamptz NOT NULL    -- indexed: reads filter on it, prune deletes by it
     user_id  text                    -- indexed (partial, non-null): log out everywhere
     meta     jsonb NOT NULL          -- {name: text} about the session
+    kind     text NOT NULL           -- 'session', or another kind of record ('remember')
 
 and rate-limit counters in a second table (``counters``, same schema)::
 
@@ -29,8 +30,9 @@ Why this shape:
   race, so concurrent requests that change different items both persist, in one
   round trip and without a transaction block. The ``expires > now`` condition in
   the same statement makes "update only if it still exists" atomic.
-* Item names are JSONB object keys; a NUL character cannot be stored in JSONB, so
-  ``%`` and NUL are percent-encoded (reversibly) and ``"$where"``, ``"a.b"`` or SQL
+* Item names are JSONB object keys; a NUL character cannot be stored in JSONB (nor
+  in text), so ``%`` and NUL are percent-encoded (reversibly, :func:`escape_nul`) in
+  item names, meta and counter names, and ``"$where"``, ``"a.b"`` or SQL
   text are just keys (everything is a bound parameter; the table name is quoted
   with ``psycopg.sql.Identifier``).
 * Expiry: every read filters on ``expires`` (the store's clock), so expiry is exact;
@@ -46,18 +48,22 @@ Why this shape:
 Times: ``timestamptz`` columns (readable in psql), float Unix seconds at the
 interface, converted in SQL with ``to_timestamp`` / ``extract(epoch ...)``;
 microsecond precision.
+
+Tables written by an older version are brought up to date by :meth:`PostgresStore.setup`
+(or the first call): a missing ``kind`` column is added with the default
+``'session'``, and rows an older version marked with ``meta.kind`` (remember-me
+tokens) take that as their kind instead.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -65,7 +71,8 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .base import KEEP, Clock, Record, Store, window_bounds
+from .plumbing import DriverErrors, Lifecycle
 from .pruning import PruneLoop
 
 __all__ = ["DEFAULT_COUNTER_TABLE", "DEFAULT_TABLE", "PostgresStore"]
@@ -85,7 +92,7 @@ Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 #: Errors raised by the server when it is shutting down or starting: the statement
 #: never ran, so even a non-idempotent one (take) may run again on a new connection.
 _NOT_RUN = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
-_ERRORS = (psycopg.Error, OSError, UnicodeError)
+_errors = DriverErrors("postgresql", (psycopg.Error, OSError, UnicodeError))
 #: Past the timeout, how long a statement may still take before the client gives up
 #: on it: the server's statement_timeout (the same ``timeout``) should answer first.
 _DEADLINE_GRACE = 0.25
@@ -96,49 +103,136 @@ def _forget(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
 _COLUMNS = (
     "data, extract(epoch FROM created)::float8, extract(epoch FROM updated)::float8, "
-    "extract(epoch FROM expires)::float8, user_id, meta"
+    "extract(epoch FROM expires)::float8, user_id, meta, kind"
 )
 
 
-def _translate_errors(method: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """Turn every driver error into StoreError, so callers answer 503 uniformly."""
-    op = method.__name__
+def escape_nul(text: str) -> str:
+    """Make text storable in PostgreSQL (text, JSONB keys and strings), which refuses NUL.
 
-    @functools.wraps(method)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await method(*args, **kwargs)
-        except _ERRORS as exc:
-            raise StoreError(f"postgresql {op} failed: {type(exc).__name__}: {exc}".strip()) from exc
-
-    return wrapper
+    Reversible: ``%`` and NUL are percent-encoded (``%25``, ``%00``); other text is
+    returned as it is.
+    """
+    if "%" in text or "\x00" in text:
+        return text.replace("%", "%25").replace("\x00", "%00")
+    return text
 
 
-def escape_key(name: str) -> str:
-    """Make an item name storable as a JSONB key (reversible): ``%`` and NUL percent-encoded."""
-    if "%" in name or "\x00" in name:
-        return name.replace("%", "%25").replace("\x00", "%00")
-    return name
-
-
-def unescape_key(name: str) -> str:
-    if "%" not in name:
-        return name
-    return name.replace("%00", "\x00").replace("%25", "%")
+def unescape_nul(text: str) -> str:
+    """Invert :func:`escape_nul`."""
+    if "%" not in text:
+        return text
+    return text.replace("%00", "\x00").replace("%25", "%")
 
 
 def _json(mapping: Mapping[str, str]) -> str:
-    return json.dumps({escape_key(k): v for k, v in mapping.items()}, ensure_ascii=False)
+    return json.dumps({escape_nul(k): v for k, v in mapping.items()}, ensure_ascii=False)
 
 
 def _meta_json(meta: Mapping[str, str]) -> str:
     # Meta values are free text (a user agent): they may hold NUL too.
-    return json.dumps({escape_key(k): escape_key(v) for k, v in meta.items()}, ensure_ascii=False)
+    return json.dumps({escape_nul(k): escape_nul(v) for k, v in meta.items()}, ensure_ascii=False)
+
+
+_Render = Callable[..., str]
+
+
+def _record_statements(render: _Render) -> dict[str, str]:
+    """The statements of the Store interface (``{t}`` the sessions table, ``{c}`` the counters)."""
+    live = "key = %(key)s AND expires > to_timestamp(%(now)s)"
+    statements = {
+        "load": render(f"SELECT {_COLUMNS} FROM {{t}} WHERE {live}"),
+        "create": render(
+            "INSERT INTO {t} AS s (key, data, created, updated, expires, user_id, meta, kind) "
+            "VALUES (%(key)s, %(data)s::jsonb, to_timestamp(%(created)s), to_timestamp(%(updated)s), "
+            "to_timestamp(%(expires)s), %(user_id)s, %(meta)s::jsonb, %(kind)s) "
+            "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, created = EXCLUDED.created, "
+            "updated = EXCLUDED.updated, expires = EXCLUDED.expires, user_id = EXCLUDED.user_id, "
+            "meta = EXCLUDED.meta, kind = EXCLUDED.kind"
+        ),
+        "take": render(
+            "UPDATE {t} AS s SET data = s.data - %(names)s::text[] FROM "
+            f"(SELECT key, data FROM {{t}} WHERE {live} FOR UPDATE) AS old "
+            "WHERE s.key = old.key RETURNING old.data"
+        ),
+        "touch": render(
+            f"UPDATE {{t}} SET expires = to_timestamp(%(expires)s), updated = to_timestamp(%(updated)s) "
+            f"WHERE {live}"
+        ),
+        "destroy": render("DELETE FROM {t} WHERE key = %(key)s"),
+        "destroy_user": render("DELETE FROM {t} WHERE user_id = %(user_id)s"),
+        "destroy_user_keep": render("DELETE FROM {t} WHERE user_id = %(user_id)s AND key <> %(keep)s"),
+        "list_user": render(
+            f"SELECT key, {_COLUMNS} FROM {{t}} WHERE user_id = %(user_id)s "
+            "AND expires > to_timestamp(%(now)s) AND (%(kind)s::text IS NULL OR kind = %(kind)s::text) "
+            "ORDER BY created DESC, updated DESC, key DESC"
+        ),
+        # One round trip prunes both tables; the row count is the sessions'.
+        "prune": render(
+            "WITH ended AS (DELETE FROM {c} WHERE expires <= to_timestamp(%(now)s)) "
+            "DELETE FROM {t} WHERE expires <= to_timestamp(%(now)s)"
+        ),
+        "hit": render(
+            "INSERT INTO {c} AS c (name, slot, hits, expires) "
+            "VALUES (%(name)s, %(slot)s, 1, to_timestamp(%(end)s)) "
+            "ON CONFLICT (name, slot) DO UPDATE SET hits = c.hits + 1 RETURNING c.hits"
+        ),
+        "reset_hits": render("DELETE FROM {c} WHERE name = %(name)s AND slot = %(slot)s"),
+        "ping": "SELECT 1",
+    }
+    # The save, in four shapes: user_id and meta are written only when given.
+    for with_user in (False, True):
+        for with_meta in (False, True):
+            extra = (", user_id = %(user_id)s" if with_user else "") + (
+                ", meta = %(meta)s::jsonb" if with_meta else ""
+            )
+            statements[f"update{int(with_user)}{int(with_meta)}"] = render(
+                "UPDATE {t} SET data = (data || %(set)s::jsonb) - %(unset)s::text[], "
+                f"expires = to_timestamp(%(expires)s), updated = to_timestamp(%(updated)s){extra} "
+                f"WHERE {live}"
+            )
+    return statements
+
+
+def _schema_statements(render: _Render, base: str, counters_base: str) -> dict[str, str]:
+    """Creating the tables and indexes (idempotent), and upgrading a table of an older version.
+
+    The advisory lock keeps concurrent CREATE TABLE IF NOT EXISTS (and upgrades) from
+    several processes from tripping over each other's catalog rows.
+    """
+    return {
+        "lock": "SELECT pg_advisory_xact_lock(hashtext(%(name)s))",
+        "create_table": render(
+            "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, data jsonb NOT NULL DEFAULT '{{}}', "
+            "created timestamptz NOT NULL, updated timestamptz NOT NULL, expires timestamptz NOT NULL, "
+            "user_id text, meta jsonb NOT NULL DEFAULT '{{}}', kind text NOT NULL DEFAULT 'session')"
+        ),
+        "has_kind": (
+            "SELECT 1 FROM pg_attribute WHERE attrelid = %(table)s::regclass AND attname = 'kind' "
+            "AND NOT attisdropped"
+        ),
+        "add_kind": render("ALTER TABLE {t} ADD COLUMN kind text NOT NULL DEFAULT 'session'"),
+        # Before kinds, remember-me tokens were marked in their meta.
+        "legacy_kinds": render(
+            "UPDATE {t} SET kind = meta->>'kind', meta = meta - 'kind' WHERE jsonb_typeof(meta->'kind') = 'string'"
+        ),
+        "index_expires": render(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} (expires)", i=sql.Identifier(f"{base}_expires_idx")
+        ),
+        "index_user": render(
+            "CREATE INDEX IF NOT EXISTS {i} ON {t} (user_id) WHERE user_id IS NOT NULL",
+            i=sql.Identifier(f"{base}_user_id_idx"),
+        ),
+        "create_counters": render(
+            "CREATE TABLE IF NOT EXISTS {c} (name text NOT NULL, slot text NOT NULL, hits bigint NOT NULL, "
+            "expires timestamptz NOT NULL, PRIMARY KEY (name, slot))"
+        ),
+        "index_counters": render(
+            "CREATE INDEX IF NOT EXISTS {i} ON {c} (expires)", i=sql.Identifier(f"{counters_base}_expires_idx")
+        ),
+    }
 
 
 class PostgresStore(Store):
@@ -197,9 +291,7 @@ class PostgresStore(Store):
         self.qualified_name = identifier.as_string(None)
         counters = sql.Identifier(schema, counter_table) if schema else sql.Identifier(counter_table)
         self._sql = self._statements(identifier, table, counters, counter_table)
-        self._ready = False
-        self._closed = False
-        self._setup_lock = asyncio.Lock()
+        self._lifecycle = Lifecycle(self.name, self._prepare)
         self._pruner: PruneLoop | None = None
 
     @staticmethod
@@ -224,82 +316,11 @@ class PostgresStore(Store):
         def render(template: str, **parts: sql.Composable) -> str:
             return sql.SQL(template).format(t=table, c=counters, **parts).as_string(None)
 
-        live = "key = %(key)s AND expires > to_timestamp(%(now)s)"
-        statements = {
-            "load": render(f"SELECT {_COLUMNS} FROM {{t}} WHERE {live}"),
-            "create": render(
-                "INSERT INTO {t} AS s (key, data, created, updated, expires, user_id, meta) "
-                "VALUES (%(key)s, %(data)s::jsonb, to_timestamp(%(created)s), to_timestamp(%(updated)s), "
-                "to_timestamp(%(expires)s), %(user_id)s, %(meta)s::jsonb) "
-                "ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, created = EXCLUDED.created, "
-                "updated = EXCLUDED.updated, expires = EXCLUDED.expires, user_id = EXCLUDED.user_id, "
-                "meta = EXCLUDED.meta"
-            ),
-            "take": render(
-                "UPDATE {t} AS s SET data = s.data - %(names)s::text[] FROM "
-                f"(SELECT key, data FROM {{t}} WHERE {live} FOR UPDATE) AS old "
-                "WHERE s.key = old.key RETURNING old.data"
-            ),
-            "touch": render(
-                f"UPDATE {{t}} SET expires = to_timestamp(%(expires)s), updated = to_timestamp(%(updated)s) "
-                f"WHERE {live}"
-            ),
-            "destroy": render("DELETE FROM {t} WHERE key = %(key)s"),
-            "destroy_user": render("DELETE FROM {t} WHERE user_id = %(user_id)s"),
-            "destroy_user_keep": render("DELETE FROM {t} WHERE user_id = %(user_id)s AND key <> %(keep)s"),
-            "list_user": render(
-                f"SELECT key, {_COLUMNS} FROM {{t}} WHERE user_id = %(user_id)s "
-                "AND expires > to_timestamp(%(now)s) ORDER BY created DESC, updated DESC, key DESC"
-            ),
-            # One round trip prunes both tables; the row count is the sessions'.
-            "prune": render(
-                "WITH ended AS (DELETE FROM {c} WHERE expires <= to_timestamp(%(now)s)) "
-                "DELETE FROM {t} WHERE expires <= to_timestamp(%(now)s)"
-            ),
-            "hit": render(
-                "INSERT INTO {c} AS c (name, slot, hits, expires) "
-                "VALUES (%(name)s, %(slot)s, 1, to_timestamp(%(end)s)) "
-                "ON CONFLICT (name, slot) DO UPDATE SET hits = c.hits + 1 RETURNING c.hits"
-            ),
-            "reset_hits": render("DELETE FROM {c} WHERE name = %(name)s AND slot = %(slot)s"),
-            "ping": "SELECT 1",
+        return {
+            **_record_statements(render),
+            **_schema_statements(render, base, counters_base),
+            "lock_name": f"tornado-sessions:{table.as_string(None)}",
         }
-        # The save, in four shapes: user_id and meta are written only when given.
-        for with_user in (False, True):
-            for with_meta in (False, True):
-                extra = (", user_id = %(user_id)s" if with_user else "") + (
-                    ", meta = %(meta)s::jsonb" if with_meta else ""
-                )
-                statements[f"update{int(with_user)}{int(with_meta)}"] = render(
-                    "UPDATE {t} SET data = (data || %(set)s::jsonb) - %(unset)s::text[], "
-                    f"expires = to_timestamp(%(expires)s), updated = to_timestamp(%(updated)s){extra} "
-                    f"WHERE {live}"
-                )
-        # Schema: idempotent; the advisory lock keeps concurrent CREATE TABLE IF NOT
-        # EXISTS from several processes from tripping over each other's catalog rows.
-        name = table.as_string(None)
-        statements["lock"] = "SELECT pg_advisory_xact_lock(hashtext(%(name)s))"
-        statements["lock_name"] = f"tornado-sessions:{name}"
-        statements["create_table"] = render(
-            "CREATE TABLE IF NOT EXISTS {t} (key text PRIMARY KEY, data jsonb NOT NULL DEFAULT '{{}}', "
-            "created timestamptz NOT NULL, updated timestamptz NOT NULL, expires timestamptz NOT NULL, "
-            "user_id text, meta jsonb NOT NULL DEFAULT '{{}}')"
-        )
-        statements["index_expires"] = render(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} (expires)", i=sql.Identifier(f"{base}_expires_idx")
-        )
-        statements["index_user"] = render(
-            "CREATE INDEX IF NOT EXISTS {i} ON {t} (user_id) WHERE user_id IS NOT NULL",
-            i=sql.Identifier(f"{base}_user_id_idx"),
-        )
-        statements["create_counters"] = render(
-            "CREATE TABLE IF NOT EXISTS {c} (name text NOT NULL, slot text NOT NULL, hits bigint NOT NULL, "
-            "expires timestamptz NOT NULL, PRIMARY KEY (name, slot))"
-        )
-        statements["index_counters"] = render(
-            "CREATE INDEX IF NOT EXISTS {i} ON {c} (expires)", i=sql.Identifier(f"{counters_base}_expires_idx")
-        )
-        return statements
 
     # -- capabilities ----------------------------------------------------------
 
@@ -314,19 +335,20 @@ class PostgresStore(Store):
 
     # -- Store interface -------------------------------------------------------
 
-    @_translate_errors
+    @_errors
     async def load(self, key: str) -> Record | None:
         row = await self._fetchone("load", {"key": key, "now": self.clock()})
         return None if row is None else self._record(row)
 
-    @_translate_errors
+    @_errors
     async def create(self, key: str, record: Record) -> None:
         await self._execute("create", {
             "key": key, "data": _json(record.data), "created": record.created, "updated": record.updated,
             "expires": record.expires, "user_id": record.user_id, "meta": _meta_json(record.meta),
+            "kind": record.kind,
         })  # fmt: skip
 
-    @_translate_errors
+    @_errors
     async def update(
         self,
         key: str,
@@ -340,7 +362,7 @@ class PostgresStore(Store):
     ) -> bool:
         params: dict[str, Any] = {
             "key": key, "now": self.clock(), "set": _json(set_items),
-            "unset": [escape_key(name) for name in unset_keys], "expires": expires, "updated": updated,
+            "unset": [escape_nul(name) for name in unset_keys], "expires": expires, "updated": updated,
         }  # fmt: skip
         with_user, with_meta = user_id is not KEEP, meta is not KEEP
         if with_user:
@@ -349,9 +371,9 @@ class PostgresStore(Store):
             params["meta"] = _meta_json(meta)
         return await self._execute(f"update{int(with_user)}{int(with_meta)}", params) == 1
 
-    @_translate_errors
+    @_errors
     async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
-        wanted = {escape_key(name): name for name in names}
+        wanted = {escape_nul(name): name for name in names}
         row = await self._fetchone(
             "take", {"key": key, "now": self.clock(), "names": list(wanted)}, idempotent=False
         )
@@ -360,56 +382,57 @@ class PostgresStore(Store):
         before: dict[str, str] = row[0]
         return {name: before[stored] for stored, name in wanted.items() if stored in before}
 
-    @_translate_errors
+    @_errors
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
         params = {"key": key, "now": self.clock(), "expires": expires, "updated": updated}
         return await self._execute("touch", params) == 1
 
-    @_translate_errors
+    @_errors
     async def destroy(self, key: str) -> None:
         await self._execute("destroy", {"key": key})
 
-    @_translate_errors
+    @_errors
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         """One DELETE through the user_id index; expired, unpruned sessions go too."""
         if keep is None:
             return await self._execute("destroy_user", {"user_id": user_id})
         return await self._execute("destroy_user_keep", {"user_id": user_id, "keep": keep})
 
-    @_translate_errors
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
-        rows = await self._fetchall("list_user", {"user_id": user_id, "now": self.clock()})
+    @_errors
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
+        rows = await self._fetchall("list_user", {"user_id": user_id, "now": self.clock(), "kind": kind})
         return [(row[0], self._record(row[1:])) for row in rows]
 
-    @_translate_errors
+    @_errors
     async def hit(self, name: str, window: float) -> tuple[int, float]:
         slot, end = window_bounds(self.clock(), window)
-        row = await self._fetchone("hit", {"name": escape_key(name), "slot": slot, "end": end}, idempotent=False)
+        row = await self._fetchone("hit", {"name": escape_nul(name), "slot": slot, "end": end}, idempotent=False)
         assert row is not None  # an upsert with RETURNING always returns its row
         return int(row[0]), end
 
-    @_translate_errors
+    @_errors
     async def reset_hits(self, name: str, window: float) -> None:
         slot, _ = window_bounds(self.clock(), window)
-        await self._execute("reset_hits", {"name": escape_key(name), "slot": slot})
+        await self._execute("reset_hits", {"name": escape_nul(name), "slot": slot})
 
-    @_translate_errors
+    @_errors
     async def prune(self) -> int:
         """Delete expired sessions and ended counter windows; returns how many sessions."""
         return await self._execute("prune", {"now": self.clock()})
 
-    @_translate_errors
+    @_errors
     async def setup(self) -> None:
-        """Open the pool and create the table and indexes if missing (a later call retries on failure)."""
-        await self._ensure_ready()
+        """Open the pool, create the table and indexes if missing, upgrade a table of an older
+        version (a later call retries on failure)."""
+        await self._lifecycle.ensure_ready()
 
-    @_translate_errors
+    @_errors
     async def ping(self) -> None:
         await self._fetchone("ping", {})
 
     async def close(self) -> None:
-        """Stop the prune task and close the pool if this store built it."""
-        self._closed = True
+        """Stop the prune task and close the pool if this store built it; later calls fail."""
+        self._lifecycle.close()
         pruner, self._pruner = self._pruner, None
         if pruner is not None:
             await pruner.stop()
@@ -442,10 +465,10 @@ class PostgresStore(Store):
     ) -> psycopg.AsyncCursor[TupleRow]:
         """Run one statement on a pooled connection, once more on a fresh one if the first had died.
 
-        Public for companions that live in the same database and pool (the demo's
-        user repository): it opens the pool and creates the sessions schema first if
-        needed. Driver errors are raised as they are, not as StoreError. The rows
-        are already on the client when it returns.
+        Public for companions that keep their own tables in the same database and
+        pool: it opens the pool and creates the sessions schema first if needed.
+        Driver errors are raised as they are, not as StoreError (a closed store
+        raises StoreError). The rows are already on the client when it returns.
 
         After a server restart the pool still holds connections to the old server
         process; the first statement on each fails. Such a failure is retried once
@@ -476,8 +499,7 @@ class PostgresStore(Store):
     async def _run_query(
         self, query: str, params: Mapping[str, Any], *, idempotent: bool
     ) -> psycopg.AsyncCursor[TupleRow]:
-        if not self._ready:
-            await self._ensure_ready()
+        await self._lifecycle.ensure_ready()
         for attempt in (1, 2):
             try:
                 # The cursor's rows are already on the client (a client-side cursor), so
@@ -491,17 +513,11 @@ class PostgresStore(Store):
                 await self.pool.check()
         raise AssertionError("not reached")
 
-    async def _ensure_ready(self) -> None:
-        if self._ready:
-            return
-        if self._closed:
-            raise StoreError("postgresql store is closed")
-        async with self._setup_lock:
-            if not self._ready:
-                if self._owned:
-                    await self.pool.open(wait=False)
-                await self._create_schema()
-                self._ready = True
+    async def _prepare(self) -> None:
+        """Once, before the first statement (see :class:`Lifecycle`): pool, schema, prune task."""
+        if self._owned:
+            await self.pool.open(wait=False)
+        await self._create_schema()
         if self.prune_interval is not None and self._pruner is None:
             self._pruner = PruneLoop(self.prune, self.prune_interval, name=f"postgres-prune:{self.table}")
             self._pruner.start()
@@ -511,20 +527,26 @@ class PostgresStore(Store):
             await conn.execute(self._sql["lock"], {"name": self._sql["lock_name"]})
             if self.schema:
                 await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
-            for name in ("create_table", "index_expires", "index_user", "create_counters", "index_counters"):
+            await conn.execute(self._sql["create_table"])
+            has_kind = await conn.execute(self._sql["has_kind"], {"table": self.qualified_name})
+            if await has_kind.fetchone() is None:  # a table of a version before record kinds
+                await conn.execute(self._sql["add_kind"])
+                await conn.execute(self._sql["legacy_kinds"])
+            for name in ("index_expires", "index_user", "create_counters", "index_counters"):
                 await conn.execute(self._sql[name])
         log.info("PostgreSQL session store: %s", self.describe())
 
     @staticmethod
     def _record(row: Sequence[Any]) -> Record:
-        data, created, updated, expires, user_id, meta = row
+        data, created, updated, expires, user_id, meta, kind = row
         return Record(
-            data={unescape_key(k): v for k, v in data.items()},
+            data={unescape_nul(k): v for k, v in data.items()},
             created=created,
             updated=updated,
             expires=expires,
             user_id=user_id,
-            meta={unescape_key(k): unescape_key(v) for k, v in meta.items()},
+            meta={unescape_nul(k): unescape_nul(v) for k, v in meta.items()},
+            kind=kind,
         )
 
 

@@ -7,14 +7,16 @@ Key layout (``prefix`` defaults to ``"sess:"``)::
         created, updated, expires   float Unix seconds, as text
         user_id                absent when the session has no user
         meta                   JSON object text, absent when empty
+        kind                   "session", "remember", ... (absent: written before kinds;
+                               read as a session, or as the meta's "kind" if it has one)
         index_until            ms up to which the user index holds this session
     <prefix>user:{<user_id>}   sorted set: the user's session keys, scored by index_until
     <prefix>hits:<slot>:{<name>}   string: hits on counter <name> in window <slot>,
                                expiring (PEXPIREAT) when the window ends
 
-Other modules sharing the prefix use other first segments (the demo's accounts use
-``account:`` and ``email:``), so no family of keys can meet another: a session key
-has ``{`` right after the prefix, every other key a word and a colon.
+A session key has ``{`` right after the prefix and every other key a word and a
+colon (``user:``, ``hits:``), so no family of keys can meet another; keys of others
+sharing the prefix must start with a word and a colon too.
 
 Why this shape:
 
@@ -63,13 +65,12 @@ left behind after a session changed user is harmless.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -80,6 +81,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .plumbing import DriverErrors, Lifecycle, split_legacy_kind
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
 
@@ -95,10 +97,7 @@ DEFAULT_INDEX_SLACK = 3600.0
 _INDEX_ATTEMPTS = 4
 
 _DATA = "d:"
-_ERRORS = (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError)
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
+_errors = DriverErrors("redis", (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError))
 
 # -- Lua scripts ------------------------------------------------------------------
 # Every script touches only the keys in KEYS, all in one slot. Times arrive as
@@ -208,28 +207,6 @@ return hits
 """
 
 
-def _translate_errors(
-    method: Callable[Concatenate[RedisStore, _P], Coroutine[Any, Any, _T]],
-) -> Callable[Concatenate[RedisStore, _P], Coroutine[Any, Any, _T]]:
-    """Turn every driver error into StoreError, so callers answer 503 uniformly.
-
-    Also makes sure a cluster client knows the cluster before its first command
-    (:meth:`RedisStore.ensure_connected`).
-    """
-    op = method.__name__
-
-    @functools.wraps(method)
-    async def wrapper(store: RedisStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            if store._discover:
-                await store.ensure_connected()
-            return await method(store, *args, **kwargs)
-        except _ERRORS as exc:
-            raise StoreError(f"redis {op} failed: {type(exc).__name__}: {exc}") from exc
-
-    return wrapper
-
-
 def _text(value: str | bytes) -> str:
     """Replies are bytes unless the client decodes responses; the store works with both."""
     return value.decode() if isinstance(value, bytes) else value
@@ -303,9 +280,9 @@ class RedisStore(Store):
                 f"not {type(target).__name__}"
             )
         self.cluster = isinstance(self.client, RedisCluster)
-        #: True until a cluster client has discovered the cluster (see ensure_connected).
-        self._discover = self.cluster
         self.name = "redis-cluster" if self.cluster else "redis"
+        #: A cluster client discovers the cluster before its first command (see ensure_connected).
+        self._lifecycle = Lifecycle(self.name, self._discover if self.cluster else None)
         script = self.client.register_script
         self._create, self._update, self._take = script(_CREATE), script(_UPDATE), script(_TAKE)
         self._destroy, self._destroy_if_user = script(_DESTROY), script(_DESTROY_IF_USER)
@@ -333,13 +310,15 @@ class RedisStore(Store):
         start at once on a fresh client (a burst of requests right after start-up),
         that discovery resets connections other commands are still opening, and some
         of those commands fail. One discovery first avoids it. A no-op for a
-        standalone server and after the first success; companions sharing
-        :attr:`client` (the demo's user repository) call it too. Driver errors are
-        raised as they are.
+        standalone server and after the first success. Every store method calls it;
+        code of its own that shares :attr:`client` should too. Driver errors are
+        raised as they are; a closed store raises StoreError.
         """
-        if self._discover and isinstance(self.client, RedisCluster):
-            await self.client.initialize()
-            self._discover = False
+        await self._lifecycle.ensure_ready()
+
+    async def _discover(self) -> None:
+        assert isinstance(self.client, RedisCluster)
+        await self.client.initialize()
 
     # -- capabilities ----------------------------------------------------------
 
@@ -368,7 +347,7 @@ class RedisStore(Store):
 
     # -- Store interface -------------------------------------------------------
 
-    @_translate_errors
+    @_errors.ready_first
     async def load(self, key: str) -> Record | None:
         # A plain HGETALL: one round trip, no script; expiry is checked here.
         fields = await self.client.hgetall(self.session_key(key))
@@ -379,7 +358,7 @@ class RedisStore(Store):
             return None
         return record
 
-    @_translate_errors
+    @_errors.ready_first
     async def create(self, key: str, record: Record) -> None:
         fields: list[str] = [
             "created", _num(record.created), "updated", _num(record.updated), "expires", _num(record.expires),
@@ -389,11 +368,12 @@ class RedisStore(Store):
             fields += ["user_id", record.user_id, "index_until", str(until)]
         if record.meta:
             fields += ["meta", json.dumps(record.meta, ensure_ascii=False)]
+        fields += ["kind", record.kind]
         for name, value in record.data.items():
             fields += [_DATA + name, value]
         await self._create(keys=[self.session_key(key)], args=[_ms(record.expires), *fields])
 
-    @_translate_errors
+    @_errors.ready_first
     async def update(
         self,
         key: str,
@@ -419,7 +399,7 @@ class RedisStore(Store):
         tail = [str(len(pairs)), *(part for pair in pairs for part in pair), *unset]
         return await self._apply(key, expires, updated, [*user_args, *meta_args], tail)
 
-    @_translate_errors
+    @_errors.ready_first
     async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
         wanted = list(dict.fromkeys(names))
         reply = await self._take(
@@ -430,11 +410,11 @@ class RedisStore(Store):
         flat = [_text(part) for part in reply]
         return {flat[i][len(_DATA) :]: flat[i + 1] for i in range(0, len(flat), 2)}
 
-    @_translate_errors
+    @_errors.ready_first
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
         return await self._apply(key, expires, updated, ["", "", "", ""], ["0"])
 
-    @_translate_errors
+    @_errors.ready_first
     async def destroy(self, key: str) -> None:
         user = await self._destroy(keys=[self.session_key(key)])
         if user:
@@ -442,7 +422,7 @@ class RedisStore(Store):
             # never created again once destroyed, so no later session loses its entry.
             await self.client.zrem(self.user_key(_text(user)), key)
 
-    @_translate_errors
+    @_errors.ready_first
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         """Delete each indexed session that still belongs to the user, one slot at a time.
 
@@ -461,8 +441,8 @@ class RedisStore(Store):
             await self.client.zrem(self.user_key(user_id), *deleted)
         return len(deleted)
 
-    @_translate_errors
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+    @_errors.ready_first
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
         members = await self._members(user_id)
         if not members:
             return []
@@ -474,19 +454,19 @@ class RedisStore(Store):
         items: list[tuple[str, Record]] = []
         for member, fields in zip(members, replies, strict=True):
             record = self._record(fields) if fields else None
-            if record is not None and record.user_id == user_id and record.expires > now:
+            if record is not None and record.user_id == user_id and record.expires > now and kind in (None, record.kind):
                 items.append((member, record))
         items.sort(key=lambda item: (item[1].created, item[1].updated, item[0]), reverse=True)
         return items
 
-    @_translate_errors
+    @_errors.ready_first
     async def hit(self, name: str, window: float) -> tuple[int, float]:
         """One script: ``INCR`` and ``PEXPIREAT`` at the window's end, atomic on the server."""
         slot, end = window_bounds(self.clock(), window)
         hits = await self._hit(keys=[self.counter_key(name, slot)], args=[_ms(end)])
         return int(hits), end
 
-    @_translate_errors
+    @_errors.ready_first
     async def reset_hits(self, name: str, window: float) -> None:
         slot, _ = window_bounds(self.clock(), window)
         await self.client.delete(self.counter_key(name, slot))
@@ -495,12 +475,12 @@ class RedisStore(Store):
         """Nothing to do: Redis deletes expired sessions and counters itself (reads ignore them before)."""
         return 0
 
-    @_translate_errors
+    @_errors.ready_first
     async def setup(self) -> None:
         """Check the server answers; scripts load themselves on first use."""
         await self.client.ping()
 
-    @_translate_errors
+    @_errors.ready_first
     async def ping(self) -> None:
         """Every primary must answer: with one of a cluster's masters down, the sessions
         in its slots cannot be served, so the store is not ready (a plain PING reaches
@@ -511,7 +491,8 @@ class RedisStore(Store):
             await self.client.ping()
 
     async def close(self) -> None:
-        """Close the client if this store built it (a client passed in stays open)."""
+        """Close the client if this store built it (a client passed in stays open); later calls fail."""
+        self._lifecycle.close()
         if self._owned:
             self._owned = False
             await self.client.aclose()
@@ -563,11 +544,13 @@ class RedisStore(Store):
         if "expires" not in other:
             return None
         meta = other.get("meta")
+        kind, stored_meta = split_legacy_kind(other.get("kind"), json.loads(meta) if meta else {})
         return Record(
             data=data,
             created=float(other.get("created", "0")),
             updated=float(other.get("updated", "0")),
             expires=float(other["expires"]),
             user_id=other.get("user_id"),
-            meta=json.loads(meta) if meta else {},
+            meta=stored_meta,
+            kind=kind,
         )

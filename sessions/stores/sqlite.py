@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
+from .base import KEEP, Clock, Record, Store, window_bounds
+from .plumbing import DriverErrors, Lifecycle
 
 T = TypeVar("T")
 #: A finished call: its future, and its result or the exception it raised.
@@ -39,7 +40,7 @@ _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 #: One statement, one row: the record and its items as a JSON object of JSON texts.
 _LOAD = (
-    "SELECT created, updated, expires, user_id, meta,"
+    "SELECT created, updated, expires, user_id, meta, kind,"
     " (SELECT json_group_object(name, value) FROM session_items WHERE key = s.key)"
     " FROM sessions AS s WHERE key = ? AND expires > ?"
 )
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     expires REAL NOT NULL,
-    meta    TEXT
+    meta    TEXT,
+    kind    TEXT NOT NULL DEFAULT 'session'
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id) WHERE user_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS sessions_expires ON sessions (expires);
@@ -139,9 +141,6 @@ class _Worker:
         #: Raises (an sqlite3.Error) when writing now would be lost: run before and after
         #: every batch's write transaction.
         self._check = check
-        #: Set (on the event loop's thread) when closing: later calls fail at once
-        #: instead of waiting behind the stop for a thread that is gone.
-        self.closing = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         #: Started on the first call, so that building a store (before a fork, say)
         #: starts no thread and opens no file.
@@ -151,9 +150,6 @@ class _Worker:
     def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if self.closing:
-            future.set_exception(sqlite3.ProgrammingError("the store is closed"))
-            return future
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, name=self._name, daemon=True)
             self._thread.start()
@@ -257,6 +253,9 @@ def _deliver(outcomes: list[_Outcome]) -> None:
             future.set_exception(exc)
 
 
+_ERRORS = DriverErrors("sqlite", (sqlite3.Error,))
+
+
 def _meta_text(meta: Mapping[str, str]) -> str | None:
     return json.dumps(dict(meta), separators=(",", ":")) if meta else None
 
@@ -275,6 +274,7 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._guard = DatabaseFileGuard(self.path)
         self._worker = _Worker("sqlite-store", self._connect, self._disconnect, self._guard.check)
+        self._lifecycle = Lifecycle(self.name)
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 5.0, clock: Clock = time.time) -> SQLiteStore:
@@ -294,19 +294,22 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.executescript(_SCHEMA)
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
-            if "meta" not in columns:  # a database from before sessions had metadata
-                conn.execute("ALTER TABLE sessions ADD COLUMN meta TEXT")
+            _migrate(conn)
             self._guard.record()
             self._conn = conn
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """Run ``fn`` on the worker; writes run in the batch's transaction, atomically each."""
+        """Run ``fn`` on the worker; writes run in the batch's transaction, atomically each.
+
+        After :meth:`close` every call fails at once instead of waiting behind the stop
+        for a thread that is gone.
+        """
+        self._lifecycle.check_open()
         try:
             return await self._worker.submit(fn, write=write)
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+            raise _ERRORS.translate(fn.__name__, exc) from exc
 
     # -- Store -----------------------------------------------------------------
     async def load(self, key: str) -> Record | None:
@@ -316,7 +319,7 @@ class SQLiteStore(Store):
             row = conn.execute(_LOAD, (key, now)).fetchone()
             if row is None:
                 return None
-            return Record(json.loads(row[5]), row[0], row[1], row[2], row[3], _meta(row[4]))
+            return Record(json.loads(row[6]), row[0], row[1], row[2], row[3], _meta(row[4]), row[5])
 
         return await self._run(load, write=False)
 
@@ -324,8 +327,10 @@ class SQLiteStore(Store):
         def create(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM sessions WHERE key = ?", (key,))
             conn.execute(
-                "INSERT INTO sessions (key, user_id, created, updated, expires, meta) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, record.user_id, record.created, record.updated, record.expires, _meta_text(record.meta)),
+                "INSERT INTO sessions (key, user_id, created, updated, expires, meta, kind)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key, record.user_id, record.created, record.updated, record.expires, _meta_text(record.meta),
+                 record.kind),
             )
             conn.executemany(
                 "INSERT INTO session_items (key, name, value) VALUES (?, ?, ?)",
@@ -406,7 +411,10 @@ class SQLiteStore(Store):
         return await self._run(touch)
 
     async def destroy(self, key: str) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM sessions WHERE key = ?", (key,)))
+        def destroy(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM sessions WHERE key = ?", (key,))
+
+        await self._run(destroy)
 
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         def destroy_user(conn: sqlite3.Connection) -> int:
@@ -417,19 +425,19 @@ class SQLiteStore(Store):
 
         return await self._run(destroy_user)
 
-    async def list_user(self, user_id: str) -> list[tuple[str, Record]]:
+    async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
         now = self.clock()
 
         def list_user(conn: sqlite3.Connection) -> list[tuple[str, Record]]:
             rows = conn.execute(
-                "SELECT key, created, updated, expires, meta FROM sessions"
-                " WHERE user_id = ? AND expires > ? ORDER BY created DESC, key DESC",
-                (user_id, now),
+                "SELECT key, created, updated, expires, meta, kind FROM sessions"
+                " WHERE user_id = ? AND expires > ? AND (?3 IS NULL OR kind = ?3) ORDER BY created DESC, key DESC",
+                (user_id, now, kind),
             ).fetchall()
             found = []
-            for key, created, updated, expires, meta in rows:
+            for key, created, updated, expires, meta, stored_kind in rows:
                 items = conn.execute("SELECT name, value FROM session_items WHERE key = ?", (key,))
-                record = Record(dict(items.fetchall()), created, updated, expires, user_id, _meta(meta))
+                record = Record(dict(items.fetchall()), created, updated, expires, user_id, _meta(meta), stored_kind)
                 found.append((key, record))
             return found
 
@@ -451,7 +459,11 @@ class SQLiteStore(Store):
 
     async def reset_hits(self, name: str, window: float) -> None:
         slot, _ = window_bounds(self.clock(), window)
-        await self._run(lambda conn: conn.execute("DELETE FROM counters WHERE name = ? AND slot = ?", (name, slot)))
+
+        def reset_hits(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM counters WHERE name = ? AND slot = ?", (name, slot))
+
+        await self._run(reset_hits)
 
     async def prune(self) -> int:
         now = self.clock()
@@ -463,7 +475,10 @@ class SQLiteStore(Store):
         return await self._run(prune)
 
     async def setup(self) -> None:
-        await self._run(lambda conn: None, write=False)  # opens the file and creates the schema
+        def setup(conn: sqlite3.Connection) -> None:
+            """Nothing: the worker opens the file and creates the schema before any call."""
+
+        await self._run(setup, write=False)
 
     async def ping(self) -> None:
         """Fail unless a write would be kept: the file is still the one opened, and writable.
@@ -472,12 +487,14 @@ class SQLiteStore(Store):
         disk or database, a lock held past the timeout or a removed file all fail it.
         """
         now = self.clock()
-        await self._run(
-            lambda conn: conn.execute(
+
+        def ping(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO store_heartbeat (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 (now,),
             )
-        )
+
+        await self._run(ping)
 
     def _disconnect(self) -> None:
         """Close the connection (on the worker thread, after its last batch)."""
@@ -487,8 +504,33 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         """Finish the queued calls, close the connection, stop the thread."""
-        self._worker.closing = True
+        self._lifecycle.close()
         await asyncio.get_running_loop().run_in_executor(None, self._worker.stop)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older version up to the current schema, once.
+
+    In one write transaction, so that processes opening the file at once neither add a
+    column twice nor see it half done. Sessions before ``meta`` get none; records before
+    ``kind`` are sessions, except those an older version marked in ``meta["kind"]``
+    (remember-me tokens): that mark becomes their kind and leaves the meta.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+        if "meta" not in columns:
+            conn.execute("ALTER TABLE sessions ADD COLUMN meta TEXT")
+        if "kind" not in columns:
+            conn.execute("ALTER TABLE sessions ADD COLUMN kind TEXT NOT NULL DEFAULT 'session'")
+            conn.execute(
+                "UPDATE sessions SET kind = json_extract(meta, '$.kind'), meta = nullif(json_remove(meta, '$.kind'), '{}')"
+                " WHERE json_type(meta, '$.kind') = 'text'"
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def _create_private(path: Path) -> None:
