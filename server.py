@@ -36,9 +36,9 @@ import tornado.web
 from accounts.passwords import DEFAULT_COST, PasswordHasher
 from accounts.ratelimit import Limit, RateLimiter
 from accounts.service import Accounts
-from accounts.users import open_user_repository
+from accounts.sessions import AccountSessions, AuthSettings
+from accounts.users import UserRepository, open_user_repository, user_schemes
 from handlers import account_pages, live, metrics
-from handlers.account_base import AuthSettings
 from handlers.auth_api import (
     FlashAPI,
     LoginAPI,
@@ -54,8 +54,7 @@ from handlers.auth_api import (
 from handlers.counter import CounterAPI, CounterForm
 from handlers.errors import BodyLimitApplication, NotFoundHandler
 from handlers.health import HealthHandler, ReadyHandler
-from handlers.pages import FlashForm, HomeHandler
-from handlers.preferences import PreferencesAPI, ThemeForm
+from handlers.pages import FlashForm, HomeHandler, PreferencesAPI, ThemeForm
 from handlers.static import SecureStaticFileHandler
 from sessions import (
     CookieOptions,
@@ -73,6 +72,7 @@ from sessions import (
 from sessions.events import OneLineFormatter
 from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
 from sessions.stores import store_schemes
+from sessions.stores.sqlite import SQLiteStore
 from sessions.websocket import DEFAULT_RECHECK_INTERVAL, SocketRegistry
 
 ROOT = Path(__file__).resolve().parent
@@ -97,6 +97,10 @@ class DemoConfig:
 
     keys: KeyRing
     store: Store
+    #: The session store's URL (``--store``); None when ``store`` was built in code.
+    store_url: str | None = None
+    #: Where the users live (``--users``); None: the session store's URL, sharing its connection.
+    users_url: str | None = None
     production: bool = False
     session_options: SessionOptions = field(default_factory=SessionOptions)
     debug: bool = False
@@ -116,10 +120,21 @@ class DemoConfig:
     #: Built from the fields above by make_app unless given.
     accounts: Accounts | None = None
 
+    def open_users(self) -> UserRepository:
+        """The user repository: from ``users_url``, else beside the session store.
+
+        Beside the store (the default: one database for the demo), the users share the
+        store's connection through its public companion hooks (see
+        :func:`accounts.users.open_user_repository`).
+        """
+        if self.users_url is not None and self.users_url != self.store_url:
+            return open_user_repository(self.users_url)
+        return open_user_repository(self.store_url or users_url_beside(self.store), share=self.store)
+
     def build_accounts(self) -> Accounts:
         if self.accounts is None:
             self.accounts = Accounts(
-                open_user_repository(self.store),
+                self.open_users(),
                 PasswordHasher(self.bcrypt_cost, observe=metrics.observe_hash),
                 RateLimiter(
                     self.store, "login", per_address=self.login_limit_address, per_account=self.login_limit_account
@@ -127,6 +142,16 @@ class DemoConfig:
                 RateLimiter(self.store, "register", per_address=self.register_limit_address),
             )
         return self.accounts
+
+
+def users_url_beside(store: Store) -> str:
+    """A user storage URL for a session store built in code (tests), used with ``share=store``.
+
+    The scheme is the store's public ``name``; SQLite needs the file, its public ``path``.
+    """
+    if isinstance(store, SQLiteStore):
+        return f"sqlite:///{store.path}"
+    return f"{store.name.removesuffix('-cluster')}://"
 
 
 def session_options_for(production: bool) -> SessionOptions:
@@ -177,16 +202,20 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         (r"/live", live.LivePage),
         (r"/(favicon\.ico)", SecureStaticFileHandler, {"path": str(ROOT / "static")}),
     ]
+    registry = SocketRegistry.attach(manager, recheck_interval=config.ws_recheck_interval)
+    # Theft ends every login of the user through the credentials version first, so
+    # that a restore racing the detection cannot keep its session.
+    remember = RememberMe(manager, config.remember, on_theft=accounts.revoke_logins)
     app_settings: dict[str, Any] = dict(
         session_manager=manager,
-        socket_registry=SocketRegistry.attach(manager, recheck_interval=config.ws_recheck_interval),
+        socket_registry=registry,
         websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
         websocket_ping_interval=WS_PING_INTERVAL,
         websocket_ping_timeout=WS_PING_TIMEOUT,
         accounts=accounts,
-        # Theft ends every login of the user through the credentials version first, so
-        # that a restore racing the detection cannot keep its session.
-        remember_me=RememberMe(manager, config.remember, on_theft=accounts.revoke_logins),
+        # Logins, logouts, step-up, active sessions: one service for pages, API and websocket.
+        account_sessions=AccountSessions(accounts, manager, remember, config.auth, notify=registry.send_to_user),
+        remember_me=remember,
         auth=config.auth,
         log_function=metrics.observe_request,
         production=config.production,
@@ -258,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=env.get("SESSION_STORE") or env.get("MONGODB_URL"),
         help=f"store URL, scheme one of {', '.join(s + '://' for s in store_schemes())} "
         "[SESSION_STORE or MONGODB_URL]; default: sqlite in the data directory",
+    )
+    parser.add_argument(
+        "--users",
+        default=env.get("USERS_URL"),
+        metavar="URL",
+        help=f"where the demo's users live, scheme one of {', '.join(s + '://' for s in user_schemes())} "
+        "[USERS_URL]; default: the session store's URL (one database, the store's connection shared)",
     )
     parser.add_argument(
         "--trusted-proxy",
@@ -366,6 +402,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         store = open_store(store_url)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    users_scheme = (args.users or "").partition("://")[0].lower()
+    if args.users and users_scheme not in user_schemes():
+        known = ", ".join(f"{s}://" for s in user_schemes())
+        raise SystemExit(f"error: unknown user storage URL {args.users!r}: use one of {known}")
     log.info("keys from %s (ids %s); store %s", source, ",".join(keys.key_ids), store.describe())
     if trusted_proxies:
         log.info("trusting X-Forwarded-For/-Proto from %s", ", ".join(trusted_proxies))
@@ -377,6 +417,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
     config = DemoConfig(
         keys=keys,
         store=store,
+        store_url=store_url,
+        users_url=args.users,
         production=args.production,
         session_options=session_options_for(args.production),
         debug=args.debug,
@@ -443,10 +485,10 @@ def main(argv: list[str] | None = None) -> None:
         args, config = parse_config(argv)
         asyncio.run(serve(args, config))
         return
-    scheme = (args.store or "sqlite:").partition(":")[0].lower()
-    if scheme == "memory":
+    schemes = {(url or "sqlite:").partition(":")[0].lower() for url in (args.store, args.users)}
+    if "memory" in schemes:
         raise SystemExit(
-            "error: the memory store keeps sessions inside one process; with --processes "
+            "error: the memory store keeps sessions (and memory:// users) inside one process; with --processes "
             f"{args.processes} each worker would have its own. Use sqlite:// (the default) or a server store."
         )
     parse_config(argv)  # refuse bad flags and keys in the parent (stores connect lazily: nothing to fork)

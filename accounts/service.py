@@ -2,21 +2,31 @@
 
 The handlers parse and validate input, then call these; one code path decides who
 may register, log in or change a password, so the two front ends cannot drift.
-Every failure is an :class:`AccountError` carrying the HTTP status and a message
-fit for the user; the rules that matter for security are here:
+Every failure is an :class:`AccountError` carrying the HTTP status, a short machine
+code and a message fit for the user; the rules that matter for security are here:
 
 * an unknown email and a wrong password give the same error, after the same work
   (a bcrypt check against a dummy hash when there is no such user);
 * every attempt is counted before any password is checked, per client address and
   per account, in the store that all processes share;
-* a new password must meet the policy; the current one is asked for to change it.
+* a new password must meet the policy; the current one is asked for to change it;
+* a hash made at another bcrypt cost is replaced at the next successful login
+  (conditionally: only while it is still the hash just verified).
+
+What a login does to the session (regenerate, metadata, remember-me, step-up) is
+:class:`accounts.sessions.AccountSessions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import time
 from dataclasses import dataclass
+
+from sessions import StoreError
+from sessions.events import audit_log, log_event
 
 from .passwords import PasswordHasher, PasswordPolicyError, check_policy
 from .ratelimit import Decision, RateLimiter
@@ -31,17 +41,31 @@ from .users import (
 )
 
 BAD_CREDENTIALS = "email or password is incorrect"
+log = logging.getLogger("demo")
 
 
 class AccountError(Exception):
-    """A refused account operation: HTTP status, a message for the user, the field at fault."""
+    """A refused account operation: HTTP status, a message for the user, the field at fault.
 
-    def __init__(self, status: int, message: str, *, field: str | None = None, limit: Decision | None = None) -> None:
+    ``code`` is the short machine-readable name of the refusal (the JSON API's
+    ``error``); None lets the front end name it by the status.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, field: str | None = None, limit: Decision | None = None,
+        code: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
         self.limit = limit
+        self.code = code
+
+
+def account_label(email: str) -> str:
+    """An account named in audit lines: a hash of the typed address, never the text."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
@@ -85,9 +109,30 @@ class Accounts:
             raise AccountError(429, "too many login attempts; try again later", limit=decision)
         user = await self.users.by_email(normal) if normal else None
         if not await self.hasher.verify(password, user.password_hash if user else None) or user is None:
-            raise AccountError(401, BAD_CREDENTIALS, limit=decision)
+            log_event(audit_log, logging.WARNING, "login_failure", account=account_label(email), remote=address)
+            raise AccountError(401, BAD_CREDENTIALS, limit=decision, code="invalid_credentials")
         await self.login_limiter.succeeded(normal or "")
-        return user, decision
+        return await self.upgrade_hash(user, password), decision
+
+    async def upgrade_hash(self, user: User, password: str) -> User:
+        """Re-hash a just-verified password made at another cost; the version (and every login) stays.
+
+        The write is conditional on the stored hash still being the one verified, so a
+        password changed meanwhile is never overwritten. A failure to write is logged and
+        the login goes on: the upgrade is tried again at the next one.
+        """
+        if not self.hasher.needs_rehash(user.password_hash):
+            return user
+        new_hash = await self.hasher.hash(password)
+        try:
+            replaced = await self.users.set_password_hash_if(user.id, user.password_hash, new_hash)
+        except StoreError as exc:
+            log_event(log, logging.WARNING, "password_rehash_failed", user=user.id, error=str(exc)[:200])
+            return user
+        if not replaced:
+            return user
+        log_event(audit_log, logging.INFO, "password_rehashed", user=user.id, cost=self.hasher.cost)
+        return dataclasses.replace(user, password_hash=new_hash)
 
     async def verify_password(self, user: User, password: str) -> bool:
         return await self.hasher.verify(password, user.password_hash)

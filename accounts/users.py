@@ -1,19 +1,27 @@
-"""Users: the model, the repository interface, and choosing a backend.
+"""Users: the model, the repository interface, and opening a repository by URL.
 
-Users live in the same backend as the sessions (SQLite by default, MongoDB, Redis or
-PostgreSQL when the session store is one of those), so the demo needs one database,
-not two. :func:`open_user_repository` picks the backend that matches a session
-store; each backend is one small module in :mod:`accounts.backends`.
+User storage opens from its own URL, through a registry of its own, as the session
+store does with :func:`sessions.open_store`: :func:`open_user_repository` takes
+``memory://``, ``sqlite:///path``, ``mongodb://...``, ``redis://...`` (and
+``redis+cluster://...``) or ``postgresql://...``. The demo server defaults it to
+the session store's URL, so the demo needs one database, not two; it may then pass
+the session store as ``share`` so that the users ride on the store's connection,
+through the hooks the stores document as public for companions (the Mongo store's
+``database``, the Redis store's ``client``/``prefix``/``ensure_connected``, the
+PostgreSQL store's ``run_query``). Each backend is one small module in
+:mod:`accounts.backends`.
 """
 
 from __future__ import annotations
 
 import abc
-import importlib
+import pkgutil
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sessions import Store
 
@@ -103,29 +111,53 @@ class UserRepository(abc.ABC):
         every session and token issued under the old version stops counting as a login.
         """
 
+    @abc.abstractmethod
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        """Replace the stored hash with ``new_hash`` only while it is still ``old_hash`` (atomically).
+
+        For upgrading a hash at login (a new bcrypt cost): the credentials version stays
+        as it is, so no login ends, and a password changed meanwhile is never overwritten.
+        False when there is no such user or the hash has changed.
+        """
+
     async def close(self) -> None:
         return None
 
 
-#: Session store class name -> "module:factory" of its user backend (factory(store)).
-_BACKENDS = {
-    "MemoryStore": "accounts.backends.memory:MemoryUsers.for_store",
-    "SQLiteStore": "accounts.backends.sqlite:SQLiteUsers.for_store",
-    "MongoStore": "accounts.backends.mongo:MongoUsers.for_store",
-    "RedisStore": "accounts.backends.redis:RedisUsers.for_store",
-    "PostgresStore": "accounts.backends.postgres:PostgresUsers.for_store",
-}
+#: URL scheme -> a factory ``factory(url, *, share=None, **options)`` or its ``"module:attr"`` path.
+BACKENDS: dict[str, str | Callable[..., UserRepository]] = {}
 
 
-def open_user_repository(store: Store) -> UserRepository:
-    """The user repository that lives in the same backend as ``store``."""
-    for cls in type(store).__mro__:
-        target = _BACKENDS.get(cls.__name__)
-        if target is not None:
-            module_name, _, attribute = target.partition(":")
-            factory = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                factory = getattr(factory, part)
-            repository: UserRepository = factory(store)  # type: ignore[operator]
-            return repository
-    raise ValueError(f"no user repository for the {store.name} store")
+def register_user_backend(schemes: str | Iterable[str], factory: str | Callable[..., UserRepository]) -> None:
+    """Make :func:`open_user_repository` use ``factory`` (imported on first use if a path) for these schemes."""
+    BACKENDS.update(dict.fromkeys([schemes] if isinstance(schemes, str) else schemes, factory))
+
+
+def user_schemes() -> list[str]:
+    """The URL schemes :func:`open_user_repository` knows, for help texts."""
+    return sorted(BACKENDS)
+
+
+def open_user_repository(url: str, *, share: Store | None = None, **options: Any) -> UserRepository:
+    """The user repository a URL names, e.g. ``sqlite:///var/sessions.sqlite3``.
+
+    ``share``: a session store on the same database whose connection the users may
+    use (only through the store's public API); without it the repository opens its
+    own connection from the URL. Raises ValueError for an unknown scheme, TypeError for
+    an option the backend does not take.
+    """
+    scheme, sep, _ = url.partition("://")
+    factory = BACKENDS.get(scheme.lower()) if sep else None
+    if factory is None:
+        raise ValueError(f"unknown user storage URL {url!r}: use one of {', '.join(s + '://' for s in user_schemes())}")
+    if isinstance(factory, str):
+        factory = pkgutil.resolve_name(factory)
+    repository: UserRepository = factory(url, share=share, **options)
+    return repository
+
+
+register_user_backend("memory", "accounts.backends.memory:MemoryUsers.from_url")
+register_user_backend("sqlite", "accounts.backends.sqlite:SQLiteUsers.from_url")
+register_user_backend(("mongodb", "mongodb+srv"), "accounts.backends.mongo:MongoUsers.from_url")
+register_user_backend(("redis", "rediss", "redis+cluster", "rediss+cluster"), "accounts.backends.redis:RedisUsers.from_url")
+register_user_backend(("postgresql", "postgres"), "accounts.backends.postgres:PostgresUsers.from_url")

@@ -1,9 +1,9 @@
 """The account pages: register, log in, log out, profile, password, active sessions.
 
 HTML forms over the same rules as the JSON API (:mod:`handlers.auth_api`): every
-decision is made by :class:`~handlers.account_base.AccountHandler` and
-:mod:`accounts.service`; this module only reads form fields, renders pages and
-redirects.
+decision is made by the account service (:class:`accounts.sessions.AccountSessions`,
+:class:`accounts.service.Accounts`); this module only reads form fields, renders
+pages and redirects.
 
 * A form that is refused re-renders its page with the refusal's status (400, 401,
   403, 409, 429) and the error beside the field at fault; the typed values come back
@@ -27,9 +27,10 @@ from tornado.web import HTTPError
 
 from accounts.passwords import MAX_LENGTH as MAX_PASSWORD
 from accounts.service import AccountError
+from accounts.sessions import StepUpRequired
 from accounts.users import MAX_EMAIL, MAX_NAME, User
 
-from .account_base import AccountHandler, ReauthenticationRequired
+from .account_base import AccountHandler
 
 #: Where a login or a page that is already logged in goes by default.
 HOME = "/account"
@@ -122,7 +123,7 @@ class AccountPage(AccountHandler):
 
     def format_time(self, timestamp: float) -> str:
         """A time in the visitor's time zone preference (UTC by default)."""
-        zone = ZoneInfo(self.get_preferences()["timezone"])
+        zone = ZoneInfo(self.preferences.get()["timezone"])
         when = datetime.datetime.fromtimestamp(timestamp, zone)
         return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or "")
 
@@ -211,9 +212,7 @@ class RegisterPage(LoggedOutPage):
         try:
             if problem:
                 raise problem
-            user = await self.accounts.register(
-                values["email"], values["name"], password, self.request.remote_ip or ""
-            )
+            user = await self.accounts.register(values["email"], values["name"], password, self.address)
         except AccountError as error:
             await self.render_page("register.html", error.status, values=values, errors=self.refused(error))
             return
@@ -233,10 +232,8 @@ class LoginPage(LoggedOutPage):
         try:
             if problem:
                 raise problem
-            user, decision = await self.accounts.authenticate(values["email"], password, self.request.remote_ip or "")
+            user, decision = await self.accounts.authenticate(values["email"], password, self.address)
         except AccountError as error:
-            if error.status == 401:
-                self.log_login_failure(values["email"])
             errors = self.refused(error)
             await self.render_page("login.html", error.status, values=values, errors=errors, next_path=next_path)
             return
@@ -280,7 +277,7 @@ class NameForm(AccountPageBase):
         except AccountError as error:
             await self.render_account(error.status, name=values["name"], errors=self.refused(error))
             return
-        self._account = self.current_user = user
+        self._now_logged_in(user)
         self.redirect_with_flash("/account", "Your name is changed.")
 
 
@@ -309,19 +306,21 @@ class SessionsPageBase(LoggedInPage):
 
 
 class SessionsPage(SessionsPageBase):
+    """One row per browser: its sessions and the remember-me token that restores them."""
+
     async def get(self) -> None:
-        listed = await self.active_sessions(self.user)
-        listed.sort(key=lambda item: (not item["current"], -item["last_seen"]))
-        for item in listed:
+        service = self.account_sessions
+        devices = await service.devices(self.user, self.session, own_token=service.own_token_key(self))
+        for item in devices:
             item["browser"] = browser_label(item["user_agent"])
-        await self.render_page("sessions.html", sessions=listed)
+        await self.render_page("sessions.html", sessions=devices)
 
 
 class RevokeForm(SessionsPageBase):
     async def post(self, handle: str) -> None:
         try:
             revoked = await self.revoke(self.user, handle)
-        except ReauthenticationRequired:
+        except StepUpRequired:
             self.reauthenticate_first()
             return
         if not revoked:
@@ -353,11 +352,15 @@ class ReauthenticatePage(LoggedInPage):
     async def post(self) -> None:
         next_path = safe_next(self.get_body_argument("next", ""))
         values, problem = self.read_form(password=MAX_PASSWORD)
-        if problem is None and await self.reauthenticate(self.user, values["password"]):
-            self.redirect_with_flash(next_path, "Password confirmed. You can go ahead.")
+        try:
+            if problem:
+                raise problem
+            decision = await self.account_sessions.reauthenticate(self.session, self.user, values["password"], self.address)
+        except AccountError as error:
+            await self.render_page("reauthenticate.html", error.status, next_path=next_path, errors=self.refused(error))
             return
-        errors = {"password": problem.message if problem else "the password is incorrect"}
-        await self.render_page("reauthenticate.html", 400 if problem else 401, next_path=next_path, errors=errors)
+        self.rate_limit_headers(decision)
+        self.redirect_with_flash(next_path, "Password confirmed. You can go ahead.")
 
 
 ROUTES = [

@@ -3,8 +3,17 @@
 Every response the demo sends (pages, the JSON API, errors of any status, static
 files, redirects, unknown URLs) comes from a handler built on
 :class:`SecureHeadersMixin`, so it carries the same security headers and no
-``Server`` banner, and its errors are the app's own page (JSON under ``/api/``)
-that needs neither a session nor a preferences cookie to render.
+``Server`` banner, and its errors are the app's own page (JSON under ``/api/`` and
+for the auth API) that needs neither a session nor a preferences cookie to render.
+
+Every JSON error has one shape (:func:`error_body`)::
+
+    {"error": "<code>", "message": "<text for a person>", "status": <HTTP status>}
+
+plus ``"field"`` (the input at fault) on validation errors and ``"retry_after"``
+(seconds, as the ``Retry-After`` header) on 429 and 503. ``error`` is a short
+machine code: by status (:data:`ERROR_CODES`) unless the refusal names its own
+(``invalid_credentials``, ``reauthentication_required``).
 """
 
 from __future__ import annotations
@@ -16,8 +25,12 @@ from typing import Any
 from tornado.escape import xhtml_escape
 from tornado.web import HTTPError, RequestHandler
 
+from accounts.ratelimit import Decision
+from accounts.service import AccountError
 from sessions import SessionMixin, StoreError
-from sessions.events import event_line, log_event
+from sessions.events import audit_log, event_line, log_event
+
+from .preferences import Preferences
 
 log = logging.getLogger("demo")
 
@@ -35,6 +48,45 @@ SECURITY_HEADERS = {
 HSTS = "max-age=31536000; includeSubDomains"
 #: The theme of pages rendered without reading the preferences cookie (errors).
 DEFAULT_THEME = "light"
+
+
+#: The ``error`` code of a JSON error by HTTP status, unless the refusal names its own.
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "store_unavailable",
+}
+#: Seconds a client should wait after a 503 (the store is down).
+STORE_RETRY_AFTER = 5
+
+
+class APIError(HTTPError):
+    """An HTTPError that names its JSON ``error`` code and the input ``field`` at fault."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(status, message.replace("%", "%%"))
+        self.code = code
+        self.field = field
+
+
+def error_body(
+    status: int, message: str, *, code: str | None = None, field: str | None = None, retry_after: int | None = None
+) -> dict[str, object]:
+    """The one JSON error shape of the app (see the module docstring)."""
+    body: dict[str, object] = {"error": code or ERROR_CODES.get(status, f"http_{status}"), "message": message,
+                               "status": status}
+    if field:
+        body["field"] = field
+    if retry_after is not None:
+        body["retry_after"] = retry_after
+    return body
 
 
 def http_error_message(exc: BaseException | None) -> str | None:
@@ -81,21 +133,42 @@ class SecureHeadersMixin(RequestHandler):
         namespace["flashes"] = ()  # base.html shows them; pages that pop flashes pass their own
         return namespace
 
+    def rate_limit_headers(self, decision: Decision | None) -> None:
+        """``RateLimit-*`` (and ``Retry-After`` when refused) for a counted attempt."""
+        if decision is not None:
+            for name, value in decision.headers().items():
+                self.set_header(name, value)
+            if not decision.allowed:
+                log_event(
+                    audit_log, logging.WARNING, "rate_limited", path=self.request.path, remote=self.request.remote_ip
+                )
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """JSON for the API, a small HTML page otherwise; never a traceback.
+        """JSON (:func:`error_body`) for the API, a small HTML page otherwise; never a traceback.
 
         The page is rendered from the status alone (no session, no preferences), so an
         error raised while loading either still gets it.
         """
         reason = self._reason
-        message = http_error_message(kwargs.get("exc_info", (None, None, None))[1]) or reason
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        code = field = None
+        retry_after: int | None = None
+        if isinstance(error, AccountError):
+            message, code, field = error.message, error.code, error.field
+            self.rate_limit_headers(error.limit)
+            if error.limit is not None and not error.limit.allowed:
+                retry_after = error.limit.reset_after
+        else:
+            message = http_error_message(error) or reason
+            code, field = getattr(error, "code", None), getattr(error, "field", None)
         if status_code >= 500:
-            message = reason  # internal details stay in the log
+            message, code, field = reason, None, None  # internal details stay in the log
         if status_code == 503:
-            self.set_header("Retry-After", "5")
+            retry_after = STORE_RETRY_AFTER
+            self.set_header("Retry-After", str(retry_after))
         self.set_header("Cache-Control", "no-store")
         if self.wants_json():
-            self.finish({"error": reason, "status": status_code, "message": message})
+            self.finish(error_body(status_code, message, code=code, field=field, retry_after=retry_after))
             return
         self.rendering_error_page = True
         try:
@@ -109,9 +182,13 @@ class SecureHeadersMixin(RequestHandler):
         self.finish(page)
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        """A store that fails anywhere (sessions, users, rate limits) is a 503 with Retry-After, not a 500."""
-        if status_code == 500 and isinstance(kwargs.get("exc_info", (None, None, None))[1], StoreError):
+        """A store that fails anywhere (sessions, users, rate limits) is a 503 with Retry-After, not a
+        500; a refused account operation that reaches here answers with its own status."""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code == 500 and isinstance(error, StoreError):
             status_code, kwargs["reason"] = 503, "Session Store Unavailable"
+        elif status_code == 500 and isinstance(error, AccountError):
+            status_code = error.status
         super().send_error(status_code, **kwargs)
 
     def log_exception(
@@ -123,6 +200,8 @@ class SecureHeadersMixin(RequestHandler):
         """One JSON line per error: client-controlled values (path, messages) are quoted."""
         request = self.request
         fields = {"method": request.method, "path": request.path, "remote": request.remote_ip}
+        if isinstance(value, AccountError):  # a refusal, audited where it was decided
+            return
         if isinstance(value, StoreError):  # expected in an outage: one line, no traceback
             log_event(log, logging.ERROR, "store_unavailable", error=str(value)[:300], **fields)
             return
@@ -135,4 +214,20 @@ class SecureHeadersMixin(RequestHandler):
 
 
 class BaseHandler(SecureHeadersMixin, SessionMixin):
-    """Demo pages and API calls: a session on demand, security headers, clean errors."""
+    """Demo pages and API calls: a session on demand, the preferences cookie, security headers,
+    clean errors."""
+
+    _preferences: Preferences | None = None
+
+    @property
+    def preferences(self) -> Preferences:
+        """This request's preferences cookie (opened once, on first use)."""
+        if self._preferences is None:
+            self._preferences = Preferences(self)
+        return self._preferences
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        if not self.rendering_error_page:
+            namespace["theme"] = self.preferences.get()["theme"]
+        return namespace

@@ -33,7 +33,7 @@ from typing import Any
 import tornado.process
 from tornado.web import HTTPError
 
-from accounts.service import Accounts
+from accounts.sessions import AccountSessions
 from sessions.events import audit_log, log_event, short_key
 from sessions.websocket import SessionWebSocketMixin
 
@@ -75,11 +75,12 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
 
     async def prepare(self) -> None:
         await super().prepare()  # origin and session (403 otherwise)
-        accounts: Accounts = self.settings["accounts"]
-        user = await accounts.users.by_id(self.user_id)
-        # As the pages do (current_account): a user who is gone, or a session from before a
-        # password change or with no credentials version at all, is no login.
-        if user is None or self.session.meta.get("cv") != str(user.credentials_version):
+        service: AccountSessions = self.settings["account_sessions"]
+        # The pages' and the API's rule (accounts.sessions.login_is_current): a user who is
+        # gone, or a session from before a password change or with no credentials version
+        # at all, is no login.
+        user, current = await service.user_of(self.session)
+        if user is None or not current:
             log_event(audit_log, logging.INFO, "websocket_refused", reason="stale login",
                       key=short_key(self.session_key), remote=self.request.remote_ip)
             raise HTTPError(403, "log in again")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Any
 
 from tornado.log import access_log
@@ -101,20 +100,6 @@ def observe_request(handler: RequestHandler) -> None:
 def observe_hash(seconds: float) -> None:
     if _METRICS:
         _METRICS["hash"].observe(seconds)
-
-
-class Timer:
-    """``with Timer(observe_hash): ...``"""
-
-    def __init__(self, observe: Any) -> None:
-        self.observe = observe
-
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.observe(time.perf_counter() - self.start)
 
 
 class MetricsHandler(SecureHeadersMixin):

@@ -1,11 +1,14 @@
-"""Preferences: small, non-sensitive, kept client-side in an encrypted cookie."""
+"""Preferences: small, non-sensitive, kept client-side in an encrypted cookie.
+
+:class:`Preferences` is the helper a handler holds for them; the handlers that
+change them (``PUT /api/preferences``, the theme switch) are in :mod:`handlers.pages`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import available_timezones
 
 from tornado.web import HTTPError
@@ -13,7 +16,10 @@ from tornado.web import HTTPError
 from sessions import CookieOptions
 from sessions.events import log_event
 
-from .base import BaseHandler, log
+if TYPE_CHECKING:
+    from .base import BaseHandler
+
+log = logging.getLogger("demo")
 
 COOKIE_NAME = "prefs"
 #: A year: preferences outlive sessions.
@@ -56,31 +62,42 @@ def validate(update: Any) -> dict[str, str]:
     return clean
 
 
-class PreferencesMixin(BaseHandler):
-    _preferences: dict[str, str] | None = None
+class Preferences:
+    """One request's preferences cookie: defaults overlaid with the sealed cookie's values.
+
+    A helper the handler holds (``BaseHandler.preferences``), not a base class: it
+    reads and writes the cookie through the handler's sealed-cookie methods.
+    """
+
+    def __init__(self, handler: BaseHandler) -> None:
+        self.handler = handler
+        self.values: dict[str, str] | None = None
 
     @property
-    def preferences_cookie(self) -> CookieOptions:
-        return cookie_options_for(self.session_manager.options.cookie)
+    def cookie(self) -> CookieOptions:
+        return cookie_options_for(self.handler.session_manager.options.cookie)
 
-    def get_preferences(self) -> dict[str, str]:
+    def get(self) -> dict[str, str]:
         """Defaults overlaid with the cookie's values (opened once per request)."""
-        if self._preferences is None:
-            self.depends_on_cookies()
-            stored = self.get_sealed_cookie(COOKIE_NAME, self.preferences_cookie)
+        if self.values is None:
+            handler = self.handler
+            handler.depends_on_cookies()
+            stored = handler.get_sealed_cookie(COOKIE_NAME, self.cookie)
             prefs = dict(DEFAULTS)
             if isinstance(stored, dict):
                 try:
                     prefs.update(validate(stored))
                 except HTTPError as exc:
                     log_event(log, logging.WARNING, "preferences_ignored", reason=exc.log_message)
-            self._preferences = prefs
-        return dict(self._preferences)
+            self.values = prefs
+        return dict(self.values)
 
-    def save_preferences(self, update: Any) -> dict[str, str]:
-        prefs = {**self.get_preferences(), **validate(update)}
-        options = self.preferences_cookie
-        if options.effective_secure and self.request.protocol != "https":
+    def save(self, update: Any) -> dict[str, str]:
+        """Validate ``update`` (HTTPError 400), merge it and set the sealed cookie."""
+        prefs = {**self.get(), **validate(update)}
+        options = self.cookie
+        request = self.handler.request
+        if options.effective_secure and request.protocol != "https":
             # A browser drops a Secure cookie set over plain HTTP: setting it would only
             # pretend. Behind a TLS proxy, list the proxy (--trusted-proxy).
             log_event(
@@ -89,35 +106,9 @@ class PreferencesMixin(BaseHandler):
                 "cookie_not_set",
                 cookie=options.full_name(COOKIE_NAME),
                 reason="secure cookie on a plain-http request",
-                remote=self.request.remote_ip,
+                remote=request.remote_ip,
             )
         else:
-            self.set_sealed_cookie(COOKIE_NAME, prefs, options)
-        self._preferences = prefs
+            self.handler.set_sealed_cookie(COOKIE_NAME, prefs, options)
+        self.values = prefs
         return dict(prefs)
-
-    def get_template_namespace(self) -> dict[str, Any]:
-        namespace = super().get_template_namespace()
-        if not self.rendering_error_page:
-            namespace["theme"] = self.get_preferences()["theme"]
-        return namespace
-
-
-class PreferencesAPI(PreferencesMixin):
-    def get(self) -> None:
-        self.write(self.get_preferences())
-
-    def put(self) -> None:
-        try:
-            update = json.loads(self.request.body or b"null")
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise HTTPError(400, "body must be JSON") from exc
-        self.write(self.save_preferences(update))
-
-
-class ThemeForm(PreferencesMixin):
-    """POST /preferences/theme from the home page's switch."""
-
-    def post(self) -> None:
-        self.save_preferences({"theme": self.get_body_argument("theme", "")})
-        self.redirect("/", status=303)

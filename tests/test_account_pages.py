@@ -484,6 +484,10 @@ async def test_remember_me_checkbox_brings_the_browser_back(client, new_client):
     assert page.code == 200 and "ana@example.com" in text(page)
     sessions = text(await device.fetch("/account/sessions"))
     assert "remembered device" in sessions and "this device" in sessions
+    # one row per browser: the login's session, its token and the restored session are one
+    rows = session_rows(sessions)
+    assert [kind for kind, _, _ in rows] == ["current", "other"]
+    assert "remembered (no password)" in rows[0][2] and "with the password" in rows[1][2]
 
 
 @pytest.mark.gen_test

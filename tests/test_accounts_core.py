@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 import bcrypt
@@ -291,3 +292,206 @@ async def test_revoke_logins_bumps_the_version(accounts):
     user = await accounts.register("bump@example.com", "B", "correct horse battery", "203.0.113.1")
     assert await accounts.revoke_logins(user.id) == 2
     await accounts.authenticate("bump@example.com", "correct horse battery", "203.0.113.1")
+
+
+# -- the login service (accounts.sessions.AccountSessions), without HTTP ---------------------
+
+from accounts.sessions import (  # noqa: E402 - the service half of this module
+    DEVICE,
+    AccountSessions,
+    AuthSettings,
+    Client,
+    StepUpRequired,
+    login_is_current,
+)
+from sessions import KeyRing, Record, RememberMe, Session, SessionManager, SessionOptions, generate_key  # noqa: E402
+from sessions.session import FLASH_PREFIX  # noqa: E402
+
+ANA = Client("203.0.113.1", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+PASSWORD = "correct horse battery"
+
+
+class FakeBrowser:
+    """What RememberMe needs of a handler: the request, its cookies, Set-Cookie headers."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+        self.request = type("Request", (), {"protocol": "http", "remote_ip": ANA.ip})()
+
+    def get_cookie(self, name: str, default: str | None = None) -> str | None:
+        return self.cookies.get(name, default)
+
+    def add_header(self, name: str, value: str) -> None:
+        cookie_name, _, rest = value.partition("=")
+        cookie_value = rest.split(";", 1)[0]
+        if cookie_value:
+            self.cookies[cookie_name] = cookie_value
+        else:
+            self.cookies.pop(cookie_name, None)
+
+    def clear_header(self, name: str) -> None:
+        pass
+
+
+@pytest.fixture
+def service(accounts, clock):
+    store = accounts.login_limiter.store
+    manager = SessionManager(store, KeyRing.from_text(generate_key()), SessionOptions())
+    return AccountSessions(accounts, manager, RememberMe(manager), AuthSettings(reauth_after=900))
+
+
+async def stored_session(service: AccountSessions, session: Session, key: str) -> Session:
+    """Store ``session`` as the manager would at commit, and return it as the next request loads it."""
+    now = service.manager.clock()
+    record = Record({}, now, now, now + 1800, session.user_id, dict(session.meta))
+    await service.manager.store.create(key, record)
+    return Session(f"id-{key}", key, stored={}, created=now, last_access=now, expires=now + 1800,
+                   user_id=session.user_id, meta=dict(session.meta))
+
+
+async def logged_in(service: AccountSessions, user, key: str, *, browser: FakeBrowser | None = None, remember=False):
+    session = service.manager.new_session(service.manager.clock())
+    await service.log_in(session, user, ANA, remember=remember, cookies=browser)
+    return await stored_session(service, session, key)
+
+
+@pytest.mark.gen_test
+async def test_login_is_current_only_for_the_exact_credentials_version(accounts, service):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = await logged_in(service, user, "k1")
+    assert login_is_current(session, user)
+    assert not login_is_current(session, None)  # the user is gone
+    newer = dataclasses.replace(user, credentials_version=2)
+    assert not login_is_current(session, newer)  # issued before a password change
+    session.meta.credentials_version = None
+    assert not login_is_current(session, user)  # no version at all
+    session.meta.credentials_version = 0
+    assert not login_is_current(session, user)  # an older one is not "at least"
+
+
+@pytest.mark.gen_test
+async def test_log_in_regenerates_keeps_the_visitors_data_and_records_the_client(accounts, service, clock):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = service.manager.new_session(clock())
+    session["count"] = 3
+    session.flash("for the visitor")
+    device = await service.log_in(session, user, ANA)
+    assert session.user_id == user.id and session["count"] == 3  # (the new ID comes at commit)
+    assert not any(key.startswith(FLASH_PREFIX) for key in session)  # queued before the login: dropped
+    meta = session.meta
+    assert meta.ip == ANA.ip and meta.user_agent == ANA.user_agent and meta.login_at == round(clock())
+    assert meta.credentials_version == "1" and meta[DEVICE] == device and meta.restored is None
+    # Another user's session data never comes along.
+    bob = await accounts.register("bob@example.com", "Bob", PASSWORD, "203.0.113.2")
+    await service.log_in(session, bob, ANA)
+    assert session.user_id == bob.id and "count" not in session
+
+
+@pytest.mark.gen_test
+async def test_a_stale_login_is_ended_on_sight(accounts, service):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = await logged_in(service, user, "k1")
+    assert await service.signed_in(session) == user
+    await accounts.revoke_logins(user.id)  # log out everywhere elsewhere: version 2
+    assert await service.signed_in(session) is None and session.destroyed
+
+
+@pytest.mark.gen_test
+async def test_step_up_after_reauth_after_or_on_a_restored_session(accounts, service, clock):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = await logged_in(service, user, "k1")
+    assert service.is_fresh(session)
+    clock.advance(901)
+    assert not service.is_fresh(session)
+    with pytest.raises(StepUpRequired) as refused:
+        service.require_fresh(session)
+    assert refused.value.status == 403 and refused.value.code == "reauthentication_required"
+    with pytest.raises(AccountError) as wrong:
+        await service.reauthenticate(session, user, "not the password", ANA.ip)
+    assert wrong.value.status == 401 and wrong.value.field == "password"
+    await service.reauthenticate(session, user, PASSWORD, ANA.ip)
+    assert service.is_fresh(session)
+    session.meta.restored = "remember"  # what a remember-me restore marks
+    assert not service.is_fresh(session)
+    await service.reauthenticate(session, user, PASSWORD, ANA.ip)
+    assert service.is_fresh(session) and session.meta.restored is None
+
+
+@pytest.mark.gen_test
+async def test_password_change_keeps_this_session_ends_the_others_and_is_conditional(accounts, service):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    mine = await logged_in(service, user, "k1")
+    await logged_in(service, user, "k2")
+    ended = await service.change_password(mine, user, PASSWORD, "another good one", ANA.ip)
+    assert ended == 1 and mine.meta.credentials_version == "2"
+    assert [key for key, _ in await service.manager.store.list_user(user.id)] == ["k1"]
+    with pytest.raises(AccountError) as conflict:  # a second change made from the same (old) version
+        await service.change_password(mine, user, PASSWORD, "a third good one", ANA.ip)
+    assert conflict.value.status == 409
+
+
+@pytest.mark.gen_test
+async def test_log_out_everywhere_bumps_the_version_then_ends_everything(accounts, service):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    mine = await logged_in(service, user, "k1")
+    other = await logged_in(service, user, "k2")
+    assert await service.log_out_everywhere(mine, user) == 2
+    assert mine.destroyed and await service.manager.store.list_user(user.id) == []
+    assert (await accounts.users.by_id(user.id)).credentials_version == 2
+    assert not login_is_current(other, await accounts.users.by_id(user.id))
+
+
+@pytest.mark.gen_test
+async def test_a_session_and_its_remember_me_token_are_one_browser(accounts, service):
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    browser = FakeBrowser()
+    mine = await logged_in(service, user, "k1", browser=browser, remember=True)
+    other = await logged_in(service, user, "k2")
+    own_token = service.own_token_key(browser)
+    assert own_token is not None
+    entries = await service.active(user, mine, own_token=own_token)
+    assert sorted(e["kind"] for e in entries) == ["remembered_device", "session", "session"]
+    assert sum(e["this_browser"] for e in entries) == 2
+    devices = await service.devices(user, mine, own_token=own_token)
+    assert len(devices) == 2
+    this, that = devices
+    assert this["current"] and this["remembered"] and this["sessions"] == 1 and this["signed_in_with"] == "password"
+    assert not that["current"] and not that["remembered"]
+    # Ending the other browser needs a recent password; ending this one is a log out.
+    service.manager.clock.advance(901)  # type: ignore[attr-defined]
+    with pytest.raises(StepUpRequired):
+        await service.revoke(user, mine, that["handle"], cookies=browser)
+    assert await service.revoke(user, mine, this["handle"], cookies=browser) is True
+    assert mine.destroyed and "remember" not in browser.cookies
+    # The token is gone; this session's own record goes at this request's commit (destroy()).
+    assert {key for key, _ in await service.manager.store.list_user(user.id)} == {"k1", "k2"}
+    await service.manager.end_session("k1")  # that commit
+    assert await service.revoke(user, other, this["handle"]) is False  # gone already
+
+
+@pytest.mark.gen_test
+async def test_a_login_upgrades_a_hash_made_at_another_cost():
+    """Registered at cost 4, the server now at 5: the login stores a cost-5 hash, same version."""
+    store = MemoryStore()
+    users = MemoryUsers()
+    cheap, dearer = PasswordHasher(cost=4), PasswordHasher(cost=5)
+    try:
+        limits = dict(per_address=Limit(50, 300), per_account=Limit(50, 900))
+        before = Accounts(users, cheap, RateLimiter(store, "login", **limits), RateLimiter(store, "register", per_address=Limit(9, 60)))
+        user = await before.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+        assert dearer.needs_rehash(user.password_hash)
+        after = dataclasses.replace(before, hasher=dearer)
+        logged, _ = await after.authenticate("ana@example.com", PASSWORD, ANA.ip)
+        stored = await users.by_id(user.id)
+        assert stored.password_hash == logged.password_hash != user.password_hash
+        assert stored.password_hash.split("$")[3] == "05" and not dearer.needs_rehash(stored.password_hash)
+        assert stored.credentials_version == user.credentials_version  # no login ended
+        again, _ = await after.authenticate("ana@example.com", PASSWORD, ANA.ip)  # still logs in
+        assert again.password_hash == stored.password_hash  # and is not rehashed twice
+        # A hash changed meanwhile (a password change) is never overwritten by the upgrade.
+        await users.set_password(user.id, "bcrypt-sha256$changed")
+        assert await after.upgrade_hash(user, PASSWORD) == user
+        assert (await users.by_id(user.id)).password_hash == "bcrypt-sha256$changed"
+    finally:
+        cheap.close()
+        dearer.close()

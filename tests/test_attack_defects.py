@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from handlers.account_base import AuthSettings
+from accounts.sessions import AuthSettings
+from sessions.remember import is_token
 from tests.demo_fixtures import STORE_KINDS, demo_app_fixtures, open_demo_store
 from tests.support import Client, FlakyStore
 from tests.test_auth_api import PASSWORD, body, call, login, register
@@ -58,7 +59,7 @@ async def logged_in(client: Client) -> bool:
 
 
 async def live_sessions(demo_store, user_id: str) -> int:
-    return sum("kind" not in record.meta for _, record in await demo_store.list_user(user_id))
+    return sum(not is_token(record) for _, record in await demo_store.list_user(user_id))
 
 
 @pytest.fixture
@@ -188,6 +189,8 @@ async def test_store_failure_during_account_calls_is_a_503_with_retry_after(emai
         assert response.code == 503, (path, response.code, response.body)
         assert response.headers.get("Retry-After")
         assert json.loads(response.body)["status"] == 503
+        assert json.loads(response.body)["error"] == "store_unavailable"
+        assert json.loads(response.body)["retry_after"] == int(response.headers["Retry-After"])
     for path in ("/login", "/register"):
         response = await client.fetch(
             path, "POST", f"email=ana%40example.com&name=A&password=x&_xsrf={client.xsrf_token()}",

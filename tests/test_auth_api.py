@@ -108,7 +108,8 @@ async def test_unknown_email_and_wrong_password_answer_alike(client, new_client)
         response = await login(new_client(), email=email, password=password)
         answers.append((response.code, body(response)))
     assert answers[0] == answers[1]
-    assert answers[0][0] == 401 and answers[0][1]["error"] == "email or password is incorrect"
+    assert answers[0][0] == 401 and answers[0][1]["message"] == "email or password is incorrect"
+    assert answers[0][1]["error"] == "invalid_credentials" and answers[0][1]["status"] == 401
 
 
 @pytest.mark.gen_test
@@ -124,6 +125,8 @@ async def test_login_rate_limit_answers_429_with_headers(client, new_client, dem
     assert int(response.headers["Retry-After"]) > 0
     assert response.headers["RateLimit-Remaining"] == "0"
     assert int(response.headers["RateLimit-Reset"]) == int(response.headers["Retry-After"])
+    assert body(response)["error"] == "rate_limited" and body(response)["status"] == 429
+    assert body(response)["retry_after"] == int(response.headers["Retry-After"]) and body(response)["message"]
     # locked even with the right password, until the window ends
     assert (await login(new_client())).code == 429
     events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sessions.audit"]

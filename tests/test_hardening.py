@@ -21,7 +21,6 @@ import server
 from handlers.base import SECURITY_HEADERS
 from server import parse_config, session_options_for
 from sessions import generate_key
-from sessions.stores.memory import MemoryStore
 from tests.demo_fixtures import demo_app_fixtures
 from tests.support import Client, CountingStore, parse_set_cookie, set_cookie_headers
 
@@ -126,6 +125,9 @@ async def test_sweep_odd_methods_and_paths(client, caplog, app_settings):
                     if response.code >= 400 and path.startswith("/api/") and method != "HEAD":
                         assert response.headers["Content-Type"].startswith("application/json"), (method, path)
                         assert body(response)["status"] == response.code
+                        # the one JSON error shape: a short code and a text for a person
+                        assert set(body(response)) <= {"error", "message", "status", "field", "retry_after"}
+                        assert body(response)["error"].isidentifier() and body(response)["message"]
     assert not tracebacks(caplog), tracebacks(caplog)[:3]
     assert len(seen) == len(ROUTES + ODD_PATHS) * len(METHODS) * 2
 
@@ -163,7 +165,7 @@ async def test_unknown_api_call_is_json_404(client, method):
     await client.fetch("/api/counter")
     response = await client.fetch("/api/no-such-call", method)
     assert response.code == 404
-    assert body(response) == {"error": "Not Found", "status": 404, "message": "Not Found"}
+    assert body(response) == {"error": "not_found", "status": 404, "message": "Not Found"}
     assert_hardened(response)
 
 

@@ -64,6 +64,34 @@ async def test_the_token_restores_a_session_after_the_session_cookie_is_gone(cli
 
 
 @pytest.mark.gen_test
+async def test_sessions_are_listed_one_row_per_browser(client, new_client, clock):
+    """The login's session, the token issued with it and the session it restores are one browser."""
+    device, _ = await remembered(client, new_client)
+    clock.advance(5)
+    forget_session(device)
+    assert (await call(device, "GET", "/auth/profile")).code == 200  # restored
+    answer = body(await call(device, "GET", "/auth/sessions"))
+    listed, devices = answer["sessions"], answer["devices"]
+    assert sum(s["this_browser"] for s in listed) == 3  # login session, token, restored session
+    by_how = sorted(s["signed_in_with"] for s in listed if s["kind"] == "session")
+    assert by_how == ["password", "password", "remember_me"]
+    assert len(devices) == 2
+    this, other = devices
+    assert this["current"] and this["remembered"] and this["sessions"] == 2 and len(this["records"]) == 3
+    assert this["signed_in_with"] == "remember_me" and this["last_seen"] >= other["last_seen"]
+    assert not other["current"] and not other["remembered"] and other["signed_in_with"] == "password"
+    assert {s["device"] for s in listed} == {this["handle"], other["handle"]}
+    # The other browser's row ends at once (after step-up: this one was restored by a token).
+    assert (await call(device, "POST", "/auth/reauthenticate", {"password": PASSWORD})).code == 200
+    assert (await call(device, "DELETE", f"/auth/sessions/{other['handle']}")).code == 200
+    assert (await call(client, "GET", "/auth/profile")).code == 401
+    # This browser's row is a log out: its sessions and its token end together.
+    assert (await call(device, "DELETE", f"/auth/sessions/{this['handle']}")).code == 200
+    assert (await call(device, "GET", "/auth/profile")).code == 401
+    assert "remember" not in device.jar.cookies
+
+
+@pytest.mark.gen_test
 async def test_a_restored_session_must_reauthenticate_for_sensitive_actions(client, new_client, caplog):
     device, _ = await remembered(client, new_client)
     forget_session(device)
@@ -73,7 +101,9 @@ async def test_a_restored_session_must_reauthenticate_for_sensitive_actions(clie
         ("POST", "/auth/password", {"current": PASSWORD, "new": "another good one"}),
     ):
         response = await call(device, method, path, data)
-        assert response.code == 403 and body(response) == {"error": "reauthentication required", "status": 403}
+        assert response.code == 403 and body(response) == {
+            "error": "reauthentication_required", "message": "reauthentication required", "status": 403
+        }
     listed = body(await call(device, "GET", "/auth/sessions"))["sessions"]
     others = [s for s in listed if s["kind"] == "session" and not s["current"]]
     assert len(others) == 2

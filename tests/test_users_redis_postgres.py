@@ -29,11 +29,20 @@ from tests.user_contract import UserRepositoryContract, make_user
 
 def _redis_users(url: str, prefix: str, io_loop: Any) -> Iterator[RedisUsers]:
     store = RedisStore(url, prefix=prefix)
-    users = open_user_repository(store)
+    users = open_user_repository(url, share=store)  # on the store's client and prefix
     assert isinstance(users, RedisUsers)
     yield users
     io_loop.run_sync(users.close)
     io_loop.run_sync(store.close)
+
+
+class TestRedisUsersOwnClient(UserRepositoryContract):
+    @pytest.fixture
+    def users(self, redis_url: str, redis_prefix: str, io_loop: Any) -> Iterator[RedisUsers]:
+        users = open_user_repository(redis_url, prefix=redis_prefix)  # a client of its own, from the URL
+        assert isinstance(users, RedisUsers)
+        yield users
+        io_loop.run_sync(users.close)
 
 
 class TestRedisUsers(UserRepositoryContract):
@@ -52,11 +61,20 @@ class TestPostgresUsers(UserRepositoryContract):
     @pytest.fixture
     def users(self, postgres_url: str, postgres_test_schema: str, io_loop: Any) -> Iterator[PostgresUsers]:
         store = PostgresStore(postgres_url, schema=postgres_test_schema)
-        users = open_user_repository(store)
+        users = open_user_repository(postgres_url, share=store)  # through the store's pool
         assert isinstance(users, PostgresUsers)
         yield users
         io_loop.run_sync(users.close)
         io_loop.run_sync(store.close)
+
+
+class TestPostgresUsersOwnPool(UserRepositoryContract):
+    @pytest.fixture
+    def users(self, postgres_url: str, postgres_test_schema: str, io_loop: Any) -> Iterator[PostgresUsers]:
+        users = open_user_repository(postgres_url, schema=postgres_test_schema)  # a pool of its own
+        assert isinstance(users, PostgresUsers)
+        yield users
+        io_loop.run_sync(users.close)
 
 
 # -- Redis -----------------------------------------------------------------------

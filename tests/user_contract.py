@@ -96,3 +96,17 @@ class UserRepositoryContract:
         for probe in ('{"$gt": ""}', "' OR '1'='1", "%", "*", ".*", "ana@example.com\x00"):
             assert await users.by_email(probe) is None
             assert await users.by_id(probe) is None
+
+    @pytest.mark.gen_test
+    async def test_set_password_hash_if_replaces_only_the_expected_hash(self, users: UserRepository) -> None:
+        """A login's rehash: the hash changes, the version does not, and a changed password is kept."""
+        user = make_user()
+        await users.add(user)
+        assert await users.set_password_hash_if(user.id, "bcrypt-sha256$other", "bcrypt-sha256$lost") is False
+        assert await users.set_password_hash_if(user.id, user.password_hash, "bcrypt-sha256$rehashed") is True
+        stored = await users.by_id(user.id)
+        assert stored.password_hash == "bcrypt-sha256$rehashed" and stored.credentials_version == 1
+        # the old hash is no longer the stored one: a second upgrade from it writes nothing
+        assert await users.set_password_hash_if(user.id, user.password_hash, "bcrypt-sha256$late") is False
+        assert (await users.by_id(user.id)).password_hash == "bcrypt-sha256$rehashed"
+        assert await users.set_password_hash_if(new_user_id(), user.password_hash, "x") is False

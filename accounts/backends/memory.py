@@ -1,10 +1,14 @@
-"""Users in process memory (with the memory session store: tests and development)."""
+"""Users in process memory (``memory://``: tests and development).
+
+The users live in the repository object itself: the demo keeps one per application
+(``DemoConfig.build_accounts``), so every handler sees the same users, and they are
+gone when the process ends, like the memory session store's sessions.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-
-from sessions import Store
+from typing import Any
 
 from ..users import EmailTaken, User, UserRepository
 
@@ -15,13 +19,11 @@ class MemoryUsers(UserRepository):
         self._id_by_email: dict[str, str] = {}
 
     @classmethod
-    def for_store(cls, store: Store) -> MemoryUsers:
-        # One repository per store object, so every handler of the app sees the same users.
-        existing = getattr(store, "_demo_users", None)
-        if existing is None:
-            existing = cls()
-            store._demo_users = existing  # type: ignore[attr-defined]
-        return existing  # type: ignore[no-any-return]
+    def from_url(cls, url: str, *, share: Any = None) -> MemoryUsers:
+        """``memory://`` (nothing after the scheme); ``share`` is not needed: a dict of its own."""
+        if url.rstrip("/") != "memory:":
+            raise ValueError(f"not a memory user storage URL: {url!r} (use memory://)")
+        return cls()
 
     async def add(self, user: User) -> None:
         if user.email in self._id_by_email:
@@ -54,3 +56,10 @@ class MemoryUsers(UserRepository):
             user, password_hash=password_hash or user.password_hash, credentials_version=version
         )
         return version
+
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        user = self._by_id.get(user_id)
+        if user is None or user.password_hash != old_hash:
+            return False
+        self._by_id[user_id] = dataclasses.replace(user, password_hash=new_hash)
+        return True

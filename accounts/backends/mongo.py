@@ -1,4 +1,9 @@
-"""Users in the session store's MongoDB database, collection ``users``.
+"""Users in a MongoDB database, collection ``users`` (``mongodb://``: by default the session store's).
+
+With ``share`` (a :class:`MongoStore`), the collection lives in the store's database
+through its public ``database`` property ("so an app can keep its other collections
+beside them"); otherwise the repository opens its own client from the URL (a
+``MongoStore`` of its own, for the same short timeouts) and closes it in :meth:`close`.
 
 ``_id`` is the user id; a unique index on ``email`` makes registration atomic (two
 sign-ups with one address: one gets DuplicateKeyError, answered as 409). Queries
@@ -21,14 +26,26 @@ COLLECTION = "users"
 
 
 class MongoUsers(UserRepository):
-    def __init__(self, database: Any, collection: str = COLLECTION) -> None:
+    def __init__(self, database: Any, collection: str = COLLECTION, *, owner: Store | None = None) -> None:
         self._users = database[collection]
         self._ready = False
+        self._owner = owner  # the connection opened for this repository alone
 
     @classmethod
-    def for_store(cls, store: Store) -> MongoUsers:
-        assert isinstance(store, MongoStore)
-        return cls(store.database)
+    def from_url(
+        cls, url: str, *, share: Store | None = None, database: str | None = None, collection: str = COLLECTION
+    ) -> MongoUsers:
+        if share is not None:
+            if not isinstance(share, MongoStore):
+                raise TypeError(f"MongoUsers can share a MongoStore's connection, not a {type(share).__name__}")
+            return cls(share.database, collection)
+        own = MongoStore(url, database=database)
+        return cls(own.database, collection, owner=own)
+
+    async def close(self) -> None:
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            await owner.close()
 
     async def setup(self) -> None:
         try:
@@ -77,6 +94,14 @@ class MongoUsers(UserRepository):
 
     async def set_name(self, user_id: str, name: str) -> bool:
         result = await self._call(lambda: self._users.update_one({"_id": str(user_id)}, {"$set": {"name": name}}))
+        return bool(result.matched_count == 1)
+
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        result = await self._call(
+            lambda: self._users.update_one(
+                {"_id": str(user_id), "password_hash": str(old_hash)}, {"$set": {"password_hash": new_hash}}
+            )
+        )
         return bool(result.matched_count == 1)
 
     async def set_password(

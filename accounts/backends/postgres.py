@@ -1,4 +1,10 @@
-"""Users in the session store's PostgreSQL database, table ``users`` (same schema as the sessions).
+"""Users in a PostgreSQL database, table ``users`` (``postgresql://``: by default the session store's).
+
+With ``share`` (a :class:`PostgresStore`) the statements go through the store's
+pool and :meth:`PostgresStore.run_query` (public "for companions that live in the
+same database and pool"), in the store's schema; otherwise the repository opens a
+pool of its own from the URL (a ``PostgresStore`` of its own, for the same timeouts
+and retry, without its prune task) and closes it in :meth:`close`.
 
 ::
 
@@ -49,8 +55,9 @@ class PostgresUsers(UserRepository):
     the store's: :meth:`close` leaves it open.
     """
 
-    def __init__(self, store: PostgresStore, *, table: str = DEFAULT_TABLE) -> None:
+    def __init__(self, store: PostgresStore, *, table: str = DEFAULT_TABLE, own_store: bool = False) -> None:
         self._store = store
+        self._own_store = own_store
         self.table = table
         identifier = sql.Identifier(store.schema, table) if store.schema else sql.Identifier(table)
         self.qualified_name = identifier.as_string(None)
@@ -73,6 +80,9 @@ class PostgresUsers(UserRepository):
             "by_email": render(f"SELECT {_COLUMNS} FROM {{t}} WHERE email = %(email)s"),
             "by_id": render(f"SELECT {_COLUMNS} FROM {{t}} WHERE id = %(id)s"),
             "set_name": render("UPDATE {t} SET name = %(name)s WHERE id = %(id)s"),
+            "set_hash_if": render(
+                "UPDATE {t} SET password_hash = %(new)s WHERE id = %(id)s AND password_hash = %(old)s"
+            ),
             "set_password": render(
                 "UPDATE {t} SET password_hash = COALESCE(%(password_hash)s::text, password_hash), "
                 "credentials_version = credentials_version + 1 WHERE id = %(id)s "
@@ -84,10 +94,18 @@ class PostgresUsers(UserRepository):
         self._setup_lock = asyncio.Lock()
 
     @classmethod
-    def for_store(cls, store: Store) -> PostgresUsers:
+    def for_store(cls, store: Store, *, table: str = DEFAULT_TABLE) -> PostgresUsers:
         if not isinstance(store, PostgresStore):
             raise TypeError(f"PostgresUsers needs a PostgresStore, not {type(store).__name__}")
-        return cls(store)
+        return cls(store, table=table)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, share: Store | None = None, schema: str | None = None, table: str = DEFAULT_TABLE
+    ) -> PostgresUsers:
+        if share is not None:
+            return cls.for_store(share, table=table)
+        return cls(PostgresStore(url, schema=schema, prune_interval=None), table=table, own_store=True)
 
     # -- UserRepository ----------------------------------------------------------
 
@@ -148,9 +166,18 @@ class PostgresUsers(UserRepository):
         row = await cursor.fetchone()
         return None if row is None else int(row[0])
 
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        if "\x00" in user_id:
+            return False
+        params = {"id": user_id, "old": old_hash, "new": new_hash}
+        cursor = await self._run("set_hash_if", params, idempotent=True)  # the same outcome if run twice
+        return cursor.rowcount == 1
+
     async def close(self) -> None:
-        """Nothing to release: the pool is the session store's."""
-        return None
+        """Close the pool opened from the URL; a shared one stays the session store's."""
+        if self._own_store:
+            self._own_store = False
+            await self._store.close()
 
     # -- internals ---------------------------------------------------------------
 

@@ -1,6 +1,11 @@
-"""Users in the session store's Redis (standalone or Cluster), next to the sessions.
+"""Users in Redis (standalone or Cluster; ``redis://``, ``redis+cluster://``), by default next to the sessions.
 
-Key layout, under the session store's prefix (``sess:`` by default)::
+With ``share`` (a :class:`RedisStore`), the repository uses the store's ``client``,
+``prefix`` and ``ensure_connected``, which the store documents for such companions;
+otherwise it opens a client of its own from the URL (a ``RedisStore`` of its own,
+for the same timeouts and cluster discovery) and closes it in :meth:`close`.
+
+Key layout, under the key prefix (the session store's) (``sess:`` by default)::
 
     <prefix>account:{<id>}           hash: one user
         email, name, password_hash   text
@@ -60,7 +65,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from sessions import Store, StoreError
-from sessions.stores.redis import RedisStore
+from sessions.stores.redis import DEFAULT_PREFIX, RedisStore
 
 from ..users import EmailTaken, User, UserRepository
 
@@ -121,6 +126,13 @@ redis.call('HSET', KEYS[1], 'name', ARGV[1])
 return 1
 """
 
+#: SET_HASH_IF: KEYS[1] user hash; ARGV[1] the expected hash, ARGV[2] the new one. 1 when replaced.
+_SET_HASH_IF = """
+if redis.call('HGET', KEYS[1], 'password_hash') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'password_hash', ARGV[2])
+return 1
+"""
+
 #: SET_PASSWORD: KEYS[1] user hash; ARGV[1] hash ('' keeps it), ARGV[2] the expected
 #: version ('' for any). The new version, or false (no user, or the version moved on).
 _SET_PASSWORD = """
@@ -158,6 +170,7 @@ class RedisUsers(UserRepository):
         prefix: str,
         claim_grace: float = DEFAULT_CLAIM_GRACE,
         connect: Callable[[], Awaitable[None]] | None = None,
+        owner: Store | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"the key prefix may not contain '{{' or '}}': {prefix!r}")
@@ -167,16 +180,29 @@ class RedisUsers(UserRepository):
         self.prefix = prefix
         self.claim_grace = float(claim_grace)
         self._connect = connect
+        self._owner = owner  # the connection opened for this repository alone
         script = client.register_script
         self._claim, self._release, self._create = script(_CLAIM), script(_RELEASE), script(_CREATE)
         self._delete_if_email = script(_DELETE_IF_EMAIL)
         self._set_name, self._set_password = script(_SET_NAME), script(_SET_PASSWORD)
+        self._set_hash_if = script(_SET_HASH_IF)
 
     @classmethod
-    def for_store(cls, store: Store) -> RedisUsers:
+    def for_store(cls, store: Store, *, claim_grace: float = DEFAULT_CLAIM_GRACE) -> RedisUsers:
+        """Users beside ``store``'s sessions, on its client and prefix (its public companion hooks)."""
         if not isinstance(store, RedisStore):
             raise TypeError(f"RedisUsers needs a RedisStore, not {type(store).__name__}")
-        return cls(store.client, prefix=store.prefix, connect=store.ensure_connected)
+        return cls(store.client, prefix=store.prefix, claim_grace=claim_grace, connect=store.ensure_connected)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, share: Store | None = None, prefix: str = DEFAULT_PREFIX,
+        claim_grace: float = DEFAULT_CLAIM_GRACE,
+    ) -> RedisUsers:  # fmt: skip
+        if share is not None:
+            return cls.for_store(share, claim_grace=claim_grace)
+        own = RedisStore(url, prefix=prefix)
+        return cls(own.client, prefix=prefix, claim_grace=claim_grace, connect=own.ensure_connected, owner=own)
 
     # -- keys --------------------------------------------------------------------
 
@@ -248,9 +274,16 @@ class RedisUsers(UserRepository):
         version = await self._call("set_password", lambda: self._set_password(keys=[key], args=args))
         return None if version is None else int(version)
 
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        key = self.user_key(user_id)
+        replaced = await self._call("set_password_hash_if", lambda: self._set_hash_if(keys=[key], args=[old_hash, new_hash]))
+        return bool(int(replaced))
+
     async def close(self) -> None:
-        """Nothing to release: the client is the session store's."""
-        return None
+        """Close the client opened from the URL; a shared one stays the session store's."""
+        if self._owner is not None:
+            owner, self._owner = self._owner, None
+            await owner.close()
 
     # -- internals ---------------------------------------------------------------
 

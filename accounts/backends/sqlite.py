@@ -1,6 +1,7 @@
-"""Users in the session store's SQLite file, table ``users``.
+"""Users in an SQLite file, table ``users`` (``sqlite:///path``: by default the session store's file).
 
-Its own connection (SQLite allows several; WAL lets them work side by side), used
+The path comes from the URL, with the session store's convention
+(``sqlite:///relative.db``, ``sqlite:////absolute.db``). Its own connection (SQLite allows several; WAL lets them work side by side), used
 from one worker thread at a time behind a lock: user operations are a handful per
 login, so a thread hop each is fine.
 """
@@ -11,10 +12,10 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sessions import Store, StoreError
-from sessions.stores.sqlite import DatabaseFileGuard, SQLiteStore
+from sessions import StoreError
+from sessions.stores.sqlite import DatabaseFileGuard
 
 from ..users import EmailTaken, User, UserRepository
 
@@ -44,9 +45,12 @@ class SQLiteUsers(UserRepository):
         self._guard = DatabaseFileGuard(path)
 
     @classmethod
-    def for_store(cls, store: Store) -> SQLiteUsers:
-        assert isinstance(store, SQLiteStore)
-        return cls(store.path)
+    def from_url(cls, url: str, *, share: Any = None, timeout: float = 5.0) -> SQLiteUsers:
+        """The file the URL names; always a connection of its own (``share`` is not used)."""
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() != "sqlite" or not rest.startswith("/") or len(rest) < 2:
+            raise ValueError(f"not a sqlite URL: {url!r} (use sqlite:///path/to/file.db)")
+        return cls(rest[1:], timeout=timeout)
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -118,6 +122,14 @@ class SQLiteUsers(UserRepository):
             return None if row is None else int(row[0])
 
         return await self._run(change)
+
+    async def set_password_hash_if(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        cursor = await self._run(
+            lambda conn: conn.execute(
+                "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?", (new_hash, user_id, old_hash)
+            )
+        )
+        return cursor.rowcount == 1
 
     async def close(self) -> None:
         if self._conn is not None:
