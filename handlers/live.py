@@ -34,8 +34,8 @@ import tornado.process
 from tornado.web import HTTPError
 
 from accounts.sessions import AccountSessions
-from sessions.events import audit_log, log_event, short_key
-from sessions.websocket import SessionWebSocketMixin
+from sessions.events import audit_log, log_event, security_log, short_key
+from sessions.websocket import SessionWebSocketMixin, TokenBucket
 
 from .account_pages import LoggedInPage
 from .base import SecureHeadersMixin
@@ -49,6 +49,15 @@ MAX_PING_ID = 64
 #: characters (Cf: bidi overrides like U+202E, zero-width U+200B/U+200D...), line and
 #: paragraph separators (Zl, Zp), surrogates (Cs), private use (Co), unassigned (Cn).
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+#: Letters that render as nothing (Hangul fillers, the blank Braille pattern): a
+#: message of these and spaces is blank, however long.
+BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+#: Most combining marks on one character ("Zalgo" text piles hundreds on one letter).
+MAX_COMBINING_RUN = 4
+#: Chat messages per user per second (all of that user's sockets in this process
+#: together), and how many may be saved up: one user with many sockets cannot flood
+#: everyone else's.
+CHAT_RATE, CHAT_BURST = 2.0, 10
 
 
 def clean_chat(text: Any) -> str | None:
@@ -63,15 +72,27 @@ def clean_chat(text: Any) -> str | None:
     text = text.strip()
     if not 1 <= len(text) <= MAX_CHAT:
         return None
-    if any(ch != "\n" and unicodedata.category(ch) in REFUSED_CATEGORIES for ch in text):
-        return None
-    return text
+    visible = False
+    combining = 0
+    for ch in text:
+        category = unicodedata.category(ch)
+        if ch != "\n" and category in REFUSED_CATEGORIES:
+            return None
+        combining = combining + 1 if category in ("Mn", "Me") else 0
+        if combining > MAX_COMBINING_RUN:
+            return None
+        if not ch.isspace() and ch not in BLANK_LOOKING and category not in ("Mn", "Me"):
+            visible = True
+    return text if visible else None
 
 
 class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
     """``/ws``: a logged-in user's socket (ping, notices, chat)."""
 
     display_name = ""
+    #: One chat rate per user, shared by the user's sockets in this process; a user's
+    #: bucket goes when the user's last socket closes.
+    chat_buckets: dict[str, TokenBucket] = {}
 
     async def prepare(self) -> None:
         await super().prepare()  # origin and session (403 otherwise)
@@ -105,11 +126,26 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
             if text is None:
                 self.send_error_message(f"chat text must be 1-{MAX_CHAT} characters of text", field="text")
                 return
+            bucket = self.chat_buckets.get(self.user_id)
+            if bucket is None:
+                bucket = self.chat_buckets[self.user_id] = TokenBucket(CHAT_RATE, CHAT_BURST)
+            if not bucket.take():
+                log_event(security_log, logging.WARNING, "chat_rate_limited", user=self.user_id,
+                          remote=self.request.remote_ip)
+                self.send_error_message("too many chat messages; slow down", retry_after=1)
+                return
             self.socket_registry.broadcast(
                 {"type": "chat", "from": {"id": self.user_id, "name": self.display_name}, "text": text}
             )
         else:
             self.send_error_message("unknown message type", types=["ping", "chat"])
+
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        user_id = getattr(self, "user_id", None)
+        if user_id is not None and not self.socket_registry.sockets_of_user(user_id):
+            self.chat_buckets.pop(user_id, None)
 
 
 class LivePage(LoggedInPage):

@@ -405,6 +405,50 @@ async def test_chat_refuses_invisible_bidi_and_separator_characters(new_client, 
         assert reply["type"] == "chat" and reply["text"] == good, (good, reply)
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_chat_refuses_blank_looking_and_zalgo_text(new_client, connect):
+    ana = await registered(new_client)
+    conn = await connect(ana)
+    for bad in ("\u3164\u3164", " \u2800 ", "\u115f\u1160", "a" + "\u0301" * 5, "\u0301\u0301"):
+        conn.write_message(json.dumps({"type": "chat", "text": bad}))
+        reply = await receive(conn)
+        assert reply["type"] == "error" and reply["field"] == "text", (bad, reply)
+    conn.write_message(json.dumps({"type": "chat", "text": "cafe\u0301 ok"}))  # one accent is fine
+    assert (await receive(conn))["type"] == "chat"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_one_user_with_many_sockets_cannot_flood_the_chat(new_client, connect):
+    """The chat rate is per user, not per socket: more sockets buy no more broadcasts."""
+    from handlers.live import CHAT_BURST, CHAT_RATE
+
+    ana = await registered(new_client)
+    observer = await connect(await registered(new_client, "bo@example.com", "Bo"))
+    senders = [await connect(ana) for _ in range(4)]
+    started = time.monotonic()
+    for round_ in range(CHAT_BURST):
+        for conn in senders:
+            conn.write_message(json.dumps({"type": "chat", "text": f"spam {round_}"}))
+    seen = 0
+    while True:
+        try:
+            message = await receive(observer, timeout=0.5)
+        except TimeoutError:
+            break
+        seen += message["type"] == "chat"
+    allowed = CHAT_BURST + CHAT_RATE * (time.monotonic() - started) + 1
+    assert 1 <= seen <= allowed, (seen, allowed)  # 40 attempts, without the rate: 40 broadcasts
+    refused = 0
+    for conn in senders:
+        while True:
+            try:
+                message = await receive(conn, timeout=0.3)
+            except TimeoutError:
+                break
+            refused += message["type"] == "error" and message["error"].startswith("too many chat messages")
+    assert refused >= 4 * CHAT_BURST - allowed
+
+
 # -- the credentials version ----------------------------------------------------------------------
 
 
