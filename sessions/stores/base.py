@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..bus import EventBus, LocalBus
+
 
 class _Keep:
     """Marker: leave the stored value (user_id, meta) as it is."""
@@ -182,6 +184,21 @@ class Store(abc.ABC):
     async def reset_hits(self, name: str, window: float) -> None:
         """Forget the hits on ``name`` in the current window (e.g. after a successful login)."""
         raise NotImplementedError(f"the {self.name} store has no counters")
+
+    # -- across processes ------------------------------------------------------
+    def event_bus(self) -> EventBus:
+        """A bus for session events between the deployment's processes (:mod:`sessions.bus`).
+
+        Through this store's own server; the default stays in-process (one process).
+        """
+        return LocalBus()
+
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """Which of ``keys`` name unexpired records (the websocket re-check asks for many at once).
+
+        This default loads them one by one; stores override it with one round trip.
+        """
+        return {key for key in keys if await self.load(key) is not None}
 
     # -- lifecycle -------------------------------------------------------------
     async def setup(self) -> None:
