@@ -30,9 +30,20 @@ is the manager deleting an expired session it found, as any request does).
 The :class:`SocketRegistry` tracks open sockets by session and by user. As a
 :class:`~sessions.manager.SessionListener` it closes a session's sockets with code
 1008 the moment the session ends in this process (logout, revoke, log out
-everywhere, password change, expiry seen by a request); sessions ended by other
-processes are found by re-checking every socket's session in the store every
-``recheck_interval`` seconds (5 by default).
+everywhere, password change, expiry seen by a request), and tells the deployment's
+other processes through the store's event bus (:mod:`sessions.bus`: Redis pub/sub,
+PostgreSQL LISTEN/NOTIFY, polled tables elsewhere), which close theirs. Notices for
+a user and broadcasts travel the same way. As a safety net (a bus outage, an expiry
+nobody saw) every open socket's session is re-checked every ``recheck_interval``
+seconds (30 by default), many sessions per store round trip (``Store.alive``); after
+the bus reconnects, at once.
+
+Idle expiry: the welcome message may carry :meth:`SessionWebSocketMixin.session_deadlines`;
+``websocket_expiry_warning`` seconds (default 120) before the idle deadline the
+client gets ``{"type": "expiring", "idle_deadline", "absolute_deadline"}``; a
+``{"type": "activity"}`` from it touches the session (rate-limited, never past the
+absolute deadline) and is answered ``{"type": "deadlines", ...}``; at the deadline
+the socket closes with 1008 "session expired".
 
 Application settings read here:
 
@@ -96,6 +107,7 @@ from tornado.escape import json_encode, utf8
 from tornado.web import HTTPError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from .bus import BusEvent, EventBus, MalformedEvent
 from .events import audit_log, log_event, security_log, short_key
 from .manager import SessionManager
 from .session import Session
@@ -113,11 +125,15 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 
-DEFAULT_RECHECK_INTERVAL = 5.0
+#: The safety-net re-check of every open socket's session (events arrive through the
+#: store's bus; this catches what a bus outage may have missed).
+DEFAULT_RECHECK_INTERVAL = 30.0
+#: Session keys asked about in one store round trip by the re-check.
+RECHECK_BATCH = 500
+#: Seconds before the idle deadline that a socket is told ``expiring`` (default).
+DEFAULT_EXPIRY_WARNING = 120.0
 DEFAULT_MESSAGE_RATE = 20.0
 DEFAULT_MESSAGE_BURST = 40
-#: Sessions re-checked at once (store reads in flight) per re-check round.
-RECHECK_CONCURRENCY = 32
 DEFAULT_MAX_PER_SESSION = 8
 DEFAULT_MAX_PER_USER = 32
 DEFAULT_MAX_PER_ADDRESS = 64
@@ -135,6 +151,7 @@ class TrackedSocket(Protocol):
 
     session_key: str
     user_id: str
+    session_created: float
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -198,11 +215,21 @@ class SocketRegistry:
     while any socket is open) catches sessions ended by other processes or expired.
     """
 
-    def __init__(self, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        recheck_interval: float = DEFAULT_RECHECK_INTERVAL,
+        bus: EventBus | None = None,
+    ) -> None:
         if recheck_interval <= 0:
             raise ValueError("recheck_interval must be positive")
         self.manager = manager
         self.recheck_interval = recheck_interval
+        #: Session events to and from the deployment's other processes (the store's own
+        #: bus unless given: :meth:`Store.event_bus`).
+        self.bus: EventBus = bus if bus is not None else manager.store.event_bus()
+        self._bus_started = False
         self._by_key: dict[str, set[TrackedSocket]] = {}
         self._by_user: dict[str, set[TrackedSocket]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -215,11 +242,22 @@ class SocketRegistry:
         self._slots_by_user: dict[str, set[Slot]] = {}
 
     @classmethod
-    def attach(cls, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL) -> SocketRegistry:
-        """A registry listening to ``manager``'s session events."""
-        registry = cls(manager, recheck_interval=recheck_interval)
+    def attach(
+        cls, manager: SessionManager, *, recheck_interval: float = DEFAULT_RECHECK_INTERVAL, bus: EventBus | None = None
+    ) -> SocketRegistry:
+        """A registry listening to ``manager``'s session events (and, through the bus, to
+        those of every other process of the deployment)."""
+        registry = cls(manager, recheck_interval=recheck_interval, bus=bus)
         manager.listeners.append(registry)
         return registry
+
+    async def start(self) -> None:
+        """Listen to the other processes' events (the first socket starts it too)."""
+        if self._bus_started or self._closed:
+            return
+        self._bus_started = True
+        await self.bus.start(self._deliver, self._resync)
+        log.info("session events between processes: %s", self.bus.describe())
 
     def detach(self) -> None:
         """Stop listening to the manager (``close()`` does this too)."""
@@ -233,6 +271,8 @@ class SocketRegistry:
             return
         self._by_key.setdefault(socket.session_key, set()).add(socket)
         self._by_user.setdefault(socket.user_id, set()).add(socket)
+        if not self._bus_started:
+            self._spawn(self.start())
         self._start()
 
     def discard(self, socket: TrackedSocket) -> None:
@@ -311,14 +351,21 @@ class SocketRegistry:
 
     # -- sending -----------------------------------------------------------------------
     def send_to_user(self, user_id: str, payload: Mapping[str, Any], *, exclude_key: str | None = None) -> int:
-        """Send ``payload`` to the user's sockets (except one session's); how many got it."""
+        """Send ``payload`` to the user's sockets (except one session's) in every process;
+        how many of this process's got it."""
+        self._publish(BusEvent("notice", user_id=user_id, keep=exclude_key, payload=dict(payload)))
+        return self._send_to_user_here(user_id, payload, exclude_key)
+
+    def broadcast(self, payload: Mapping[str, Any], *, channel: str = "broadcast") -> int:
+        """Send ``payload`` to every open socket of the deployment; how many of this
+        process's got it."""
+        self._publish(BusEvent("broadcast", channel=channel, payload=dict(payload)))
+        return self._send(self.sockets(), payload)
+
+    def _send_to_user_here(self, user_id: str, payload: Mapping[str, Any], exclude_key: str | None) -> int:
         return self._send(
             (s for s in self.sockets_of_user(user_id) if exclude_key is None or s.session_key != exclude_key), payload
         )
-
-    def broadcast(self, payload: Mapping[str, Any]) -> int:
-        """Send ``payload`` to every open socket of this process; how many got it."""
-        return self._send(self.sockets(), payload)
 
     @staticmethod
     def _send(sockets: Iterable[TrackedSocket], payload: Mapping[str, Any]) -> int:
@@ -337,12 +384,54 @@ class SocketRegistry:
         except Exception:  # one broken socket must not keep the others open
             log.exception("closing a websocket failed")
 
-    # -- SessionListener ---------------------------------------------------------------
+    # -- SessionListener: events of this process, told to the others too -------------
     def session_ended(self, key: str) -> None:
+        self._end_session_here(key)
+        self._publish(BusEvent("session_ended", key=key))
+
+    def session_renamed(self, old_key: str, new_key: str) -> None:
+        self._rename_here(old_key, new_key)
+        self._publish(BusEvent("session_renamed", key=old_key, new_key=new_key))
+
+    def user_sessions_ended(self, user_id: str, keep: str | None) -> None:
+        self._end_user_here(user_id, keep)
+        self._publish(BusEvent("user_sessions_ended", user_id=user_id, keep=keep))
+
+    # -- the bus -------------------------------------------------------------------------
+    def _publish(self, event: BusEvent) -> None:
+        if not self._closed:
+            self._spawn(self._publish_now(event))
+
+    async def _publish_now(self, event: BusEvent) -> None:
+        try:
+            await self.bus.publish(event)
+        except MalformedEvent as exc:  # too large: this process's sockets were told already
+            log.warning("session event not sent to other processes: %s", exc)
+        except Exception:  # a store outage: the other processes' re-check catches up
+            log.exception("publishing a %s session event failed", event.kind)
+
+    def _deliver(self, event: BusEvent) -> None:
+        """An event from another process: the same effect here, without telling anyone."""
+        if event.kind == "session_ended" and event.key:
+            self._end_session_here(event.key)
+        elif event.kind == "session_renamed" and event.key and event.new_key:
+            self._rename_here(event.key, event.new_key)
+        elif event.kind == "user_sessions_ended" and event.user_id:
+            self._end_user_here(event.user_id, event.keep)
+        elif event.kind == "notice" and event.user_id and event.payload is not None:
+            self._send_to_user_here(event.user_id, event.payload, event.keep)
+        elif event.kind == "broadcast" and event.payload is not None:
+            self._send(self.sockets(), event.payload)
+
+    def _resync(self) -> None:
+        """The bus reconnected and may have missed events: check every socket once."""
+        self._spawn(self.recheck())
+
+    def _end_session_here(self, key: str) -> None:
         for socket in self.sockets_of_session(key):
             self.end(socket, "session ended")
 
-    def session_renamed(self, old_key: str, new_key: str) -> None:
+    def _rename_here(self, old_key: str, new_key: str) -> None:
         slots = self._slots_by_key.pop(old_key, set())
         for slot in slots:  # the sockets still count for their (renamed) session
             slot.key = new_key
@@ -358,20 +447,34 @@ class SocketRegistry:
         # sure the sockets still belong to the session's user.
         self._spawn(self._check_session(new_key))
 
-    def user_sessions_ended(self, user_id: str, keep: str | None) -> None:
+    def _end_user_here(self, user_id: str, keep: str | None) -> None:
         for socket in self.sockets_of_user(user_id):
             if keep is None or socket.session_key != keep:
                 self.end(socket, "session ended")
 
     # -- the re-check ------------------------------------------------------------------
     async def recheck(self) -> int:
-        """Close the sockets whose session the store no longer holds (or holds for
-        another user, or past its expiry); how many were closed."""
+        """Close the sockets whose session the store no longer holds or that passed their
+        absolute deadline; how many were closed. One store round trip per
+        :data:`RECHECK_BATCH` sessions (``Store.alive``), not one per socket."""
         keys = list(self._by_key)
         closed = 0
-        for start in range(0, len(keys), RECHECK_CONCURRENCY):
-            results = await asyncio.gather(*(self._check_session(k) for k in keys[start : start + RECHECK_CONCURRENCY]))
-            closed += sum(results)
+        for start in range(0, len(keys), RECHECK_BATCH):
+            batch = keys[start : start + RECHECK_BATCH]
+            try:
+                alive = await self.manager.store.alive(batch)
+            except StoreError as exc:  # keep the sockets; the next round tries again
+                log_event(log, logging.WARNING, "websocket_recheck_failed", sessions=len(batch), error=str(exc))
+                continue
+            now = self.manager.clock()
+            for key in batch:
+                for socket in self.sockets_of_session(key):  # as they are now, after the await
+                    why = None if key in alive else "session ended"
+                    if why is None and socket_absolute_deadline(socket, self.manager) <= now:
+                        why = "session expired"
+                    if why is not None:
+                        self.end(socket, why)
+                        closed += 1
         return closed
 
     async def _check_session(self, key: str) -> int:
@@ -429,6 +532,19 @@ class SocketRegistry:
                 await task
         for socket in self.sockets():
             self.end(socket, reason, code)
+        await self.bus.close()
+
+
+def activity_touch_interval(manager: SessionManager) -> float:
+    """Least seconds between two store touches caused by a socket's ``activity`` messages."""
+    options = manager.options
+    return max(1.0, min(options.touch_after, options.idle_timeout / 10))
+
+
+def socket_absolute_deadline(socket: TrackedSocket, manager: SessionManager) -> float:
+    """When the socket's session reaches its absolute timeout (no store read needed)."""
+    created = getattr(socket, "session_created", None)
+    return float("inf") if created is None else created + manager.options.absolute_timeout
 
 
 class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
@@ -467,6 +583,12 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
     _write_limit: int | None = DEFAULT_MAX_WRITE_BUFFER
     #: ``write_message`` futures not resolved yet.
     _unfinished_writes = 0
+    session_created: float
+    #: The session's idle deadline as last seen (handshake, activity, store re-read).
+    _idle_deadline: float = 0.0
+    _last_touch: float = 0.0
+    _expiry_task: asyncio.Task[None] | None = None
+    _deadline_moved: asyncio.Event | None = None
 
     @property
     def session_manager(self) -> SessionManager:
@@ -568,6 +690,9 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         self._ws_session = session
         self.session_key = session.key
         self.user_id = session.user_id
+        self.session_created = session.created
+        self._idle_deadline = session.expires
+        self._last_touch = session.last_access
 
     def on_finish(self) -> None:
         super().on_finish()
@@ -575,6 +700,8 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
             self._write_limit = self.setting_limit("websocket_max_write_buffer", DEFAULT_MAX_WRITE_BUFFER)
             self.socket_registry.add(self)
             self._start_keepalive()
+            self._deadline_moved = asyncio.Event()
+            self._expiry_task = asyncio.get_running_loop().create_task(self._watch_expiry())
         else:
             self._release_slot()  # a refused handshake
 
@@ -582,9 +709,10 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         if self._ws_session is not None:
             self.socket_registry.discard(self)
         self._release_slot()
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
+        for task in (self._keepalive_task, self._expiry_task):
+            if task is not None:
+                task.cancel()
+        self._keepalive_task = self._expiry_task = None
         super().on_connection_close()
 
     def _release_slot(self) -> None:
@@ -682,11 +810,94 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         self.socket_registry.end(self, "internal error", CLOSE_INTERNAL_ERROR)
 
     def on_session_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """One message within the rate limit; by default a JSON object for :meth:`on_json`."""
+        """One message within the rate limit; by default a JSON object for :meth:`on_json`
+        (``{"type": "activity"}`` is the library's own: see :meth:`on_activity`)."""
         data = self.parse_json_message(message)
         if data is None:
             return None
+        if data.get("type") == "activity":
+            return self.on_activity()
         return self.on_json(data)
+
+    # -- idle expiry -----------------------------------------------------------------------
+    @property
+    def absolute_deadline(self) -> float:
+        return self.session_created + self.session_manager.options.absolute_timeout
+
+    def session_deadlines(self) -> dict[str, float]:
+        """``{"idle_deadline", "absolute_deadline"}`` in Unix seconds, for messages to the client."""
+        return {"idle_deadline": round(self._idle_deadline, 3), "absolute_deadline": round(self.absolute_deadline, 3)}
+
+    async def on_activity(self) -> None:
+        """``{"type": "activity"}``: the user is here. Touch the session (at most once per
+        :func:`activity_touch_interval`; never past the absolute deadline) and answer
+        ``{"type": "deadlines", ...}``."""
+        manager = self.session_manager
+        now = manager.clock()
+        if now - self._last_touch >= activity_touch_interval(manager):
+            self._last_touch = now
+            expires = min(now + manager.options.idle_timeout, self.absolute_deadline)
+            try:
+                touched = await manager.store.touch(self.session_key, expires=expires, updated=now)
+            except StoreError:
+                self.send_error_message("the session store is unavailable; try again", retry_after=5)
+                return
+            if not touched:
+                self.socket_registry.end(self, "session ended")
+                return
+            self._idle_deadline = max(self._idle_deadline, expires)
+            if self._deadline_moved is not None:
+                self._deadline_moved.set()
+        self.send_json({"type": "deadlines", **self.session_deadlines()})
+
+    async def _watch_expiry(self) -> None:
+        """Tell the client ``expiring`` before the deadline; close 1008 "session expired" at it.
+
+        Before warning and before closing, the store is asked again: requests of the
+        same session (another tab) may have moved the idle deadline.
+        """
+        clock = self.session_manager.clock
+        warning = float(self.settings.get("websocket_expiry_warning", DEFAULT_EXPIRY_WARNING))
+        warned_for: float | None = None
+        while True:
+            deadline = min(self._idle_deadline, self.absolute_deadline)
+            now = clock()
+            if now < deadline - warning:
+                await self._sleep_or_wake(deadline - warning - now)
+                continue
+            if not await self._refresh_deadline():
+                return
+            deadline = min(self._idle_deadline, self.absolute_deadline)
+            now = clock()
+            if now >= deadline:
+                self.socket_registry.end(self, "session expired")
+                return
+            if now >= deadline - warning and warned_for != deadline:
+                warned_for = deadline
+                self.send_json({"type": "expiring", **self.session_deadlines()})
+            await self._sleep_or_wake(min(deadline, deadline - warning if now < deadline - warning else deadline) - now)
+
+    async def _refresh_deadline(self) -> bool:
+        """Re-read the idle deadline from the store; False (socket closed) when the session is gone."""
+        try:
+            record = await self.session_manager.store.load(self.session_key)
+        except StoreError:
+            await self._sleep_or_wake(1.0)  # keep the socket; ask again shortly
+            return True
+        if record is None:
+            self.socket_registry.end(self, "session ended")
+            return False
+        self._idle_deadline = record.expires
+        return True
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        event = self._deadline_moved
+        if event is None:
+            await asyncio.sleep(max(seconds, 0.0))
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(seconds, 0.0))
+        event.clear()
 
     def on_json(self, data: dict[str, Any]) -> Awaitable[None] | None:
         """One JSON object from the client; override it."""
