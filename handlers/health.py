@@ -22,6 +22,8 @@ class HealthHandler(SecureHeadersMixin, RequestHandler):
         # Which worker answered (server.py --processes N: 0..N-1; None with one process).
         self.write({"status": "ok", "worker": tornado.process.task_id()})
 
+    head = get  # health checkers and curl -I ask with HEAD
+
 
 class ReadyHandler(SecureHeadersMixin, RequestHandler):
     """200 when the session store answers, 503 otherwise (for load balancers)."""
@@ -41,3 +43,5 @@ class ReadyHandler(SecureHeadersMixin, RequestHandler):
             self.write({"status": "unavailable", "store": store.name})
             return
         self.write({"status": "ok", "store": store.name})
+
+    head = get
