@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import signal
@@ -70,6 +71,7 @@ from sessions import (
     open_store,
 )
 from sessions.events import OneLineFormatter
+from sessions.manager import DEFAULT_ABSOLUTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT
 from sessions.proxy import ProxyAwareHTTPServer, parse_trusted_proxies
 from sessions.stores import store_schemes
 from sessions.stores.sqlite import SQLiteStore
@@ -89,6 +91,13 @@ WS_MAX_MESSAGE_BYTES = 4096
 #: session / user / address (8 / 32 / 64) and the 1 MiB write bound are the library's defaults.
 WS_PING_INTERVAL = 20
 WS_PING_TIMEOUT = 30
+#: Seconds before the idle deadline at which /ws announces it ("expiring"): the
+#: ``websocket_expiry_warning`` application setting (``--expiry-warning``).
+DEFAULT_EXPIRY_WARNING = 120
+#: A read-only request (or a websocket "activity" message) writes the moved idle
+#: deadline at most this often: the library's 60 s, or a tenth of a shorter idle
+#: timeout (``--idle-timeout 60`` would otherwise never move its deadline).
+MAX_TOUCH_AFTER = 60.0
 
 
 @dataclass
@@ -117,6 +126,8 @@ class DemoConfig:
     #: Seconds between re-checks of every open websocket's session in the store (how
     #: soon a logout in another process closes this process's sockets).
     ws_recheck_interval: float = DEFAULT_RECHECK_INTERVAL
+    #: Seconds before the idle deadline at which /ws sends "expiring" (``websocket_expiry_warning``).
+    expiry_warning: float = DEFAULT_EXPIRY_WARNING
     #: Built from the fields above by make_app unless given.
     accounts: Accounts | None = None
 
@@ -154,16 +165,50 @@ def users_url_beside(store: Store) -> str:
     return f"{store.name.removesuffix('-cluster')}://"
 
 
-def session_options_for(production: bool) -> SessionOptions:
+def check_timeouts(idle_timeout: float, absolute_timeout: float, expiry_warning: float) -> None:
+    """Refuse (ValueError, naming the flags) timeouts that contradict each other.
+
+    All positive; the idle timeout no longer than the absolute one (a longer one would
+    never apply); the warning shorter than the idle timeout (else "expiring" would be
+    due the moment a socket opens).
+    """
+    for flag, value in (("--idle-timeout", idle_timeout), ("--absolute-timeout", absolute_timeout),
+                        ("--expiry-warning", expiry_warning)):
+        if not (value > 0 and math.isfinite(value)):  # NaN fails the first test
+            raise ValueError(f"{flag} must be a positive number of seconds, not {value:g}")
+    if idle_timeout > absolute_timeout:
+        raise ValueError(
+            f"--idle-timeout ({idle_timeout:g} s) must not be longer than --absolute-timeout ({absolute_timeout:g} s)"
+        )
+    if expiry_warning >= idle_timeout:
+        raise ValueError(
+            f"--expiry-warning ({expiry_warning:g} s) must be shorter than --idle-timeout ({idle_timeout:g} s): "
+            "it is how long before the idle deadline the live page warns"
+        )
+
+
+def session_options_for(
+    production: bool,
+    *,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    absolute_timeout: float = DEFAULT_ABSOLUTE_TIMEOUT,
+) -> SessionOptions:
     """Development: plain-HTTP friendly. Production: Secure ``__Host-`` cookies.
 
     Whether a request is HTTPS comes from ``request.protocol`` alone: behind a TLS
     proxy, list the proxy (``--trusted-proxy``), or every request looks like plain
-    HTTP and no Secure cookie is set.
+    HTTP and no Secure cookie is set. The moved idle deadline is written at most every
+    ``MAX_TOUCH_AFTER`` seconds, or every tenth of a shorter idle timeout.
     """
+    timeouts: dict[str, Any] = dict(
+        idle_timeout=idle_timeout, absolute_timeout=absolute_timeout,
+        touch_after=min(MAX_TOUCH_AFTER, idle_timeout / 10),
+    )
     if production:
-        return SessionOptions(cookie_name="sid", cookie=CookieOptions(secure=True, host_prefix=True, samesite="Lax"))
-    return SessionOptions(cookie_name="sid", cookie=CookieOptions(samesite="Lax"))
+        return SessionOptions(
+            cookie_name="sid", cookie=CookieOptions(secure=True, host_prefix=True, samesite="Lax"), **timeouts
+        )
+    return SessionOptions(cookie_name="sid", cookie=CookieOptions(samesite="Lax"), **timeouts)
 
 
 def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
@@ -212,6 +257,7 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         websocket_max_message_size=WS_MAX_MESSAGE_BYTES,
         websocket_ping_interval=WS_PING_INTERVAL,
         websocket_ping_timeout=WS_PING_TIMEOUT,
+        websocket_expiry_warning=config.expiry_warning,
         accounts=accounts,
         # Logins, logouts, step-up, active sessions: one service for pages, API and websocket.
         account_sessions=AccountSessions(accounts, manager, remember, config.auth, notify=registry.send_to_user),
@@ -360,6 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-check every open websocket's session in the store this often: how soon a logout "
         f"through another process closes it [WS_RECHECK]; default {DEFAULT_RECHECK_INTERVAL:g}",
     )
+    parser.add_argument(
+        "--idle-timeout", type=float, default=env.get("IDLE_TIMEOUT", str(DEFAULT_IDLE_TIMEOUT)),
+        metavar="SECONDS",
+        help=f"a session unused this long ends [IDLE_TIMEOUT]; default {DEFAULT_IDLE_TIMEOUT:g}",
+    )
+    parser.add_argument(
+        "--absolute-timeout", type=float, default=env.get("ABSOLUTE_TIMEOUT", str(DEFAULT_ABSOLUTE_TIMEOUT)),
+        metavar="SECONDS",
+        help=f"a session ends this long after its login, used or not [ABSOLUTE_TIMEOUT]; "
+        f"default {DEFAULT_ABSOLUTE_TIMEOUT:g}",
+    )
+    parser.add_argument(
+        "--expiry-warning", type=float, default=env.get("EXPIRY_WARNING", str(DEFAULT_EXPIRY_WARNING)),
+        metavar="SECONDS",
+        help="the live page warns this long before the idle deadline, with a button that extends the "
+        f"session [EXPIRY_WARNING]; default {DEFAULT_EXPIRY_WARNING:g}",
+    )
     return parser
 
 
@@ -379,6 +442,10 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         raise SystemExit("error: --remember-grace and --reauth-after must not be negative")
     if not args.ws_recheck > 0:
         raise SystemExit("error: --ws-recheck must be a positive number of seconds")
+    try:
+        check_timeouts(args.idle_timeout, args.absolute_timeout, args.expiry_warning)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     try:
         limits = [Limit.parse(text) for text in (args.login_limit, args.login_account_limit, args.register_limit)]
     except ValueError as exc:
@@ -420,7 +487,9 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         store_url=store_url,
         users_url=args.users,
         production=args.production,
-        session_options=session_options_for(args.production),
+        session_options=session_options_for(
+            args.production, idle_timeout=args.idle_timeout, absolute_timeout=args.absolute_timeout
+        ),
         debug=args.debug,
         trusted_proxies=trusted_proxies,
         auth=AuthSettings(max_sessions=args.max_sessions, bind_ip=args.bind_ip, reauth_after=args.reauth_after),
@@ -430,6 +499,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         login_limit_account=limits[1],
         register_limit_address=limits[2],
         ws_recheck_interval=args.ws_recheck,
+        expiry_warning=args.expiry_warning,
     )
     return args, config
 

@@ -2,8 +2,16 @@
 
 Protocol (JSON text messages; the README's "Websocket protocol" section):
 
-* server → client on connect: ``{"type": "welcome", "user": {"id", "name"}, "worker"}``
-  (``worker`` is the worker number under ``--processes N``, else null);
+* server → client on connect: ``{"type": "welcome", "user": {"id", "name"}, "worker",
+  "idle_deadline", "absolute_deadline"}`` (``worker`` is the worker number under
+  ``--processes N``, else null; the deadlines are Unix seconds);
+* idle expiry (the library's :class:`~sessions.websocket.SessionWebSocketMixin`):
+  ``{"type": "expiring", "idle_deadline", "absolute_deadline"}`` ``websocket_expiry_warning``
+  seconds (``--expiry-warning``) before the idle deadline; ``{"type": "activity"}`` from
+  the client touches the session (rate-limited, never past the absolute deadline) and is
+  answered ``{"type": "deadlines", "idle_deadline", "absolute_deadline"}``; at the
+  deadline the socket closes with 1008 "session expired". static/live.js counts down to
+  both deadlines and offers "Stay signed in";
 * ``{"type": "ping"[, "id"]}`` → ``{"type": "pong"[, "id"]}``;
 * ``{"type": "chat", "text": "..."}`` (1-500 characters after trimming; no control
   character but newline, and no format, separator, surrogate, private-use or unassigned
@@ -110,7 +118,7 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
     def open(self) -> None:
         self.send_json(
             {"type": "welcome", "user": {"id": self.user_id, "name": self.display_name},
-             "worker": tornado.process.task_id()}
+             "worker": tornado.process.task_id(), **self.session_deadlines()}
         )
 
     def on_json(self, data: dict[str, Any]) -> None:
@@ -138,7 +146,7 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
                 {"type": "chat", "from": {"id": self.user_id, "name": self.display_name}, "text": text}
             )
         else:
-            self.send_error_message("unknown message type", types=["ping", "chat"])
+            self.send_error_message("unknown message type", types=["ping", "chat", "activity"])
 
 
     def on_connection_close(self) -> None:
@@ -149,9 +157,12 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
 
 
 class LivePage(LoggedInPage):
-    """``/live``: connection state, ping latency, notices and the chat (static/live.js)."""
+    """``/live``: connection state, ping latency, the session's deadlines with "Stay signed
+    in", notices and the chat (static/live.js)."""
 
     return_to = "/live"
 
     async def get(self) -> None:
-        await self.render_page("live.html", user=self.user)
+        # The manager's clock, which the socket's deadlines come from: the page's script
+        # counts down in server time, whatever the browser's clock says.
+        await self.render_page("live.html", user=self.user, server_time=f"{self.session_manager.clock():.3f}")

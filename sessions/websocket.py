@@ -884,10 +884,14 @@ class SessionWebSocketMixin(CookieReaderMixin, WebSocketHandler):
         except StoreError:
             await self._sleep_or_wake(1.0)  # keep the socket; ask again shortly
             return True
-        if record is None:
-            self.socket_registry.end(self, "session ended")
+        if record is None:  # the store does not return an expired session either
+            expired = self.session_manager.clock() >= min(self._idle_deadline, self.absolute_deadline)
+            self.socket_registry.end(self, "session expired" if expired else "session ended")
             return False
-        self._idle_deadline = record.expires
+        if record.expires != self._idle_deadline:
+            # Requests of the same session (another tab) moved it: tell the client.
+            self._idle_deadline = record.expires
+            self.send_json({"type": "deadlines", **self.session_deadlines()})
         return True
 
     async def _sleep_or_wake(self, seconds: float) -> None:

@@ -1,6 +1,9 @@
 // The /live page: one websocket to /ws, authenticated by the session cookie.
 // It reconnects after a normal close (server restart, network) with a growing delay,
 // but not after close code 1008: the session ended, and only a new login helps.
+// It counts down to the session's idle and absolute deadlines (from "welcome",
+// "expiring" and "deadlines"), shows "Stay signed in" when the server says the idle
+// deadline is near, and "Your session expired" after 1008 "session expired".
 (function () {
   "use strict";
 
@@ -15,6 +18,12 @@
   var chatForm = document.getElementById("chat-form");
   var chatText = document.getElementById("chat-text");
   var pingButton = document.getElementById("live-ping");
+  var idleEl = document.getElementById("live-idle");
+  var absoluteEl = document.getElementById("live-absolute");
+  var expiringEl = document.getElementById("live-expiring");
+  var expiringText = document.getElementById("live-expiring-text");
+  var stayButton = document.getElementById("live-stay");
+  var expiredEl = document.getElementById("live-expired");
 
   var POLICY_VIOLATION = 1008;
   var TOO_BIG = 1009;
@@ -29,6 +38,13 @@
   var pingTimer = null;
   var ended = false;
   var myId = null;       // the user id from "welcome": our own chat lines say "you"
+  // Deadlines are the server's Unix seconds; count down in server time: the page was
+  // rendered at data-server-time, which fixes this browser's clock offset.
+  var clockOffset = Number(root.getAttribute("data-server-time")) - Date.now() / 1000;
+  if (!isFinite(clockOffset)) { clockOffset = 0; }
+  var deadlines = null;  // {idle: s, absolute: s} as last sent by the server
+  var warnedFor = null;  // the idle deadline the "expiring" notice is about
+  var tickTimer = null;
 
   function setState(state, text) {
     stateEl.setAttribute("data-state", state);
@@ -89,13 +105,102 @@
     return name + " #" + id.slice(0, 6);
   }
 
-  function sessionEnded() {
+  function sessionEnded(expired) {
     ended = true;
-    setState("ended", "session ended, log in again");
-    endedEl.hidden = false;
+    setState("ended", expired ? "session expired, log in again" : "session ended, log in again");
+    hideExpiring();
+    stopCountdown();
+    idleEl.textContent = expired ? "expired" : "\u2013";
+    absoluteEl.textContent = "\u2013";
+    idleEl.classList.remove("soon");
+    (expired ? expiredEl : endedEl).hidden = false;
     chatText.disabled = true;
     document.getElementById("chat-send").disabled = true;
     pingButton.disabled = true;
+  }
+
+  // -- the session's deadlines ------------------------------------------------------
+  function serverNow() {
+    return Date.now() / 1000 + clockOffset;
+  }
+
+  function clockTime(unixSeconds) {
+    return new Date((unixSeconds - clockOffset) * 1000).toLocaleTimeString();
+  }
+
+  // 75 -> "1:15", 3725 -> "1:02:05"
+  function duration(seconds) {
+    var s = Math.max(0, Math.floor(seconds));
+    var h = Math.floor(s / 3600);
+    var m = Math.floor((s % 3600) / 60);
+    var rest = s % 60;
+    var mm = h > 0 && m < 10 ? "0" + m : String(m);
+    return (h > 0 ? h + ":" : "") + mm + ":" + (rest < 10 ? "0" : "") + rest;
+  }
+
+  // For a sentence: "12 seconds", "1 second", "3 minutes".
+  function roughly(seconds) {
+    var s = Math.max(0, Math.round(seconds));
+    if (s >= 90) { s = Math.round(s / 60); return s + " minutes"; }
+    return s + (s === 1 ? " second" : " seconds");
+  }
+
+  function showDeadline(el, deadline) {
+    var left = deadline - serverNow();
+    el.setAttribute("data-deadline", String(deadline));
+    el.setAttribute("data-left", String(Math.max(0, Math.floor(left))));
+    el.textContent = left > 0 ? duration(left) + " left (at " + clockTime(deadline) + ")" : "now";
+  }
+
+  function tick() {
+    if (!deadlines) { return; }
+    showDeadline(idleEl, deadlines.idle);
+    showDeadline(absoluteEl, deadlines.absolute);
+    // The notice's deadline is the earlier one: the idle deadline never passes the absolute one.
+    idleEl.classList.toggle("soon", !expiringEl.hidden);
+  }
+
+  function stopCountdown() {
+    clearInterval(tickTimer);
+    tickTimer = null;
+  }
+
+  // Take {idle_deadline, absolute_deadline} from a server message; false if absent.
+  function takeDeadlines(message) {
+    if (typeof message.idle_deadline !== "number" || typeof message.absolute_deadline !== "number") { return false; }
+    var idle = message.idle_deadline;
+    var absolute = message.absolute_deadline;
+    if (!isFinite(idle) || !isFinite(absolute)) { return false; }
+    deadlines = {idle: Math.min(idle, absolute), absolute: absolute};
+    if (tickTimer === null) { tickTimer = setInterval(tick, 1000); }
+    tick();
+    return true;
+  }
+
+  function showExpiring() {
+    warnedFor = deadlines.idle;
+    // At the absolute limit nothing can extend the session: say so, and offer no button.
+    var capped = deadlines.idle >= deadlines.absolute;
+    expiringText.textContent = capped
+      ? "This session reaches its time limit at " + clockTime(deadlines.idle) +
+        " (in about " + roughly(deadlines.idle - serverNow()) + "). Log in again after that to go on."
+      : "You have been inactive for a while: this session ends at " + clockTime(deadlines.idle) +
+        " (in about " + roughly(deadlines.idle - serverNow()) + ").";
+    stayButton.hidden = capped;
+    stayButton.disabled = false;
+    expiringEl.hidden = false;
+    tick();
+  }
+
+  function hideExpiring() {
+    warnedFor = null;
+    expiringEl.hidden = true;
+    tick();
+  }
+
+  function stay() {
+    stayButton.disabled = true;  // until the server's answer ("deadlines")
+    if (!send({type: "activity"})) { stayButton.disabled = false; }
   }
 
   function onMessage(event) {
@@ -105,6 +210,19 @@
       case "welcome":
         myId = message.user && message.user.id;
         workerEl.textContent = message.worker === null ? "single process" : "worker " + message.worker;
+        hideExpiring();  // a new connection: the server warns again if it must
+        takeDeadlines(message);
+        break;
+      case "expiring":
+        if (takeDeadlines(message)) { showExpiring(); }
+        break;
+      case "deadlines":
+        if (!takeDeadlines(message)) { break; }
+        if (warnedFor === null || deadlines.idle > warnedFor) {
+          hideExpiring();
+        } else {
+          stayButton.disabled = false;  // not moved (asked too soon after the last time): still near
+        }
         break;
       case "pong":
         if (pings[message.id] !== undefined) {
@@ -145,7 +263,7 @@
       socket = null;
       if (event.code === POLICY_VIOLATION) {
         if (event.reason) { notice("Closed by the server: " + event.reason); }
-        sessionEnded();
+        sessionEnded(event.reason === "session expired");
         return;
       }
       if (event.code === TOO_BIG) { notice("Closed by the server: message too big"); }
@@ -172,6 +290,7 @@
   }
 
   pingButton.addEventListener("click", ping);
+  stayButton.addEventListener("click", stay);
   chatForm.addEventListener("submit", function (event) {
     event.preventDefault();
     var text = chatText.value.trim();
