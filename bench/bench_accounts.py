@@ -62,7 +62,7 @@ from run import (  # noqa: E402
 )
 
 from sessions.keys import KeyRing, generate_key  # noqa: E402
-from tests.support import cookies_from  # noqa: E402
+from tests.fixtures.support import cookies_from  # noqa: E402
 
 EMAIL = "bench@example.com"
 PASSWORD = "bench password 12345"
@@ -331,15 +331,15 @@ async def fill_mongo(store: Any, count: int, batch: int) -> None:
     now = time.time()
     probe = secrets.token_hex(32)
     await store.create(probe, other_record(0, now))
-    template = await store._collection.find_one({"_id": probe})
+    template = await store.collection.find_one({"_id": probe})
     for start in range(0, count, 1000):
         docs = []
         for i in range(start, min(start + 1000, count)):
             doc = {**template, "_id": secrets.token_hex(32), "user_id": f"other-{i // 2}"}
             docs.append(doc)
-        await store._collection.insert_many(docs, ordered=False)
+        await store.collection.insert_many(docs, ordered=False)
     await store.destroy(probe)
-    sample = await store._collection.find_one({"user_id": "other-1"})
+    sample = await store.collection.find_one({"user_id": "other-1"})
     if sample is None or set(sample) != set(template) or (await store.load(sample["_id"])) is None:
         raise RuntimeError("the bulk-filled documents are not the store's own shape")
 
@@ -395,9 +395,9 @@ async def logout_backend(name: str, opts: argparse.Namespace, tmp: Path, mongo_u
         try:
             results[others] = await time_logout_everywhere(store, others, opts.logout_runs, opts.batch)
             if name == "mongo":
-                plan = await store._collection.find(store._user_query("other-1")).explain()
+                plan = await store.collection.find({"user_id": "other-1"}).explain()
                 results[others]["plan"] = {k: plan.get(k) for k in ("queryPlanner", "filterPushdown") if k in plan}
-                await store._collection.database.client.drop_database(store._collection.database.name)
+                await store.collection.database.client.drop_database(store.collection.database.name)
         finally:
             await store.close()
         say(f"    median {results[others]['median_ms']:.2f} ms (fill {results[others]['fill_s']:.1f} s)")
@@ -409,7 +409,7 @@ def mongo_server(tmp: Path) -> Any:
     if os.environ.get("MONGODB_URL"):
         yield os.environ["MONGODB_URL"]
         return
-    from tests.mongo_fixture import MongoServerProcess, build_mongo_server
+    from tests.fixtures.mongo_fixture import MongoServerProcess, build_mongo_server
 
     say("  building/starting the FerretDB test server")
     server = MongoServerProcess(build_mongo_server(), tmp / "mongo-data").start()

@@ -13,7 +13,7 @@ Latency is timed one call at a time; throughput with ``--concurrency`` tasks.
 Each figure is the median over ``--runs`` runs after a warm-up. The store's
 target is at most 15% over the raw calls.
 
-By default it builds and starts its own FerretDB (tests/mongo_server, as the
+By default it builds and starts its own FerretDB (tests/fixtures/mongo_server, as the
 tests do, needs Go); ``--url`` or ``MONGODB_URL`` measures an existing server.
 
     .venv/bin/python bench/bench_mongo_store.py [--runs 5] [--ops 400] [--json out.json]
@@ -43,7 +43,7 @@ from pymongo import AsyncMongoClient  # noqa: E402
 
 from sessions.stores.base import Record  # noqa: E402
 from sessions.stores.mongo import MongoStore  # noqa: E402
-from tests.mongo_fixture import start_mongo_server  # noqa: E402
+from tests.fixtures.mongo_fixture import start_mongo_server  # noqa: E402
 
 Op = Callable[[str], Awaitable[Any]]
 UTC = UTC

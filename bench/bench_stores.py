@@ -39,8 +39,8 @@ from bench_mongo_store import paired_latency, paired_throughput, percentile  # n
 from sessions.stores.base import Record, Store  # noqa: E402
 from sessions.stores.postgres import PostgresStore  # noqa: E402
 from sessions.stores.redis import RedisStore  # noqa: E402
-from tests.postgres_fixture import PostgresServer  # noqa: E402
-from tests.redis_fixture import RedisCluster, RedisServerProcess  # noqa: E402
+from tests.fixtures.postgres_fixture import PostgresServer  # noqa: E402
+from tests.fixtures.redis_fixture import RedisCluster, RedisServerProcess  # noqa: E402
 
 Op = Callable[[str], Awaitable[Any]]
 TTL = 600.0

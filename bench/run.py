@@ -39,7 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from sessions.keys import KeyRing, generate_key  # noqa: E402
-from tests.support import cookies_from, free_port  # noqa: E402
+from tests.fixtures.support import cookies_from, free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
 WRK_SCRIPT = BENCH / "wrk.lua"
@@ -417,8 +417,8 @@ def backend_servers(names: set[str], tmp: Path, core: int | None) -> Iterator[di
     Pinned to the load generator's core: the app under test keeps core 0 to itself, as
     it would with the database on another host.
     """
-    from tests.postgres_fixture import PostgresServer
-    from tests.redis_fixture import RedisCluster, RedisServerProcess
+    from tests.fixtures.postgres_fixture import PostgresServer
+    from tests.fixtures.redis_fixture import RedisCluster, RedisServerProcess
 
     started: list[Any] = []
     urls: dict[str, str] = {}

@@ -65,7 +65,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest  # noqa: E402
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect  # noqa: E402
 
 from sessions.keys import generate_key  # noqa: E402
-from tests.support import CookieJar, free_port  # noqa: E402
+from tests.fixtures.support import CookieJar, free_port  # noqa: E402
 
 #: Environment that would change which store, mode or port server.py picks.
 SERVER_ENV_DROP = (
@@ -269,7 +269,7 @@ class Soak:
         data_dir = self.tmp / "data"
         data_dir.mkdir(mode=0o700)
         if self.store == "redis":
-            from tests.redis_fixture import RedisServerProcess
+            from tests.fixtures.redis_fixture import RedisServerProcess
 
             self.redis = RedisServerProcess(self.tmp / "redis").start()
             url = self.redis.url

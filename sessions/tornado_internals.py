@@ -1,7 +1,7 @@
 """Every private name of Tornado the library relies on, in one place.
 
 Tornado offers no public way to do these few things; each is a one-line adapter
-here, and ``tests/test_tornado_internals.py`` pins the behaviour relied on, so a
+here, and ``tests/lib/test_tornado_internals.py`` pins the behaviour relied on, so a
 Tornado release that renames one fails that test instead of a request.
 """
 

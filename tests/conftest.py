@@ -1,14 +1,26 @@
 import logging
 
-# FerretDB/MongoDB fixtures: mongo_url, mongo_db_name, mongo_server_factory.
-pytest_plugins = ["tests.demo_fixtures", "tests.mongo_fixture", "tests.redis_fixture", "tests.postgres_fixture"]
+import pytest
+
+# The public contract suite's asserts get pytest's detailed messages (before anything imports it).
+pytest.register_assert_rewrite("sessions.testing")
+
+# The fixture plugins (tests/fixtures/): the demo app on its real server class; the real
+# servers the tests start (FerretDB, Redis, PostgreSQL, Toxiproxy); Chromium for the
+# browser tests.
+pytest_plugins = [
+    "tests.fixtures.demo_fixtures",
+    "tests.fixtures.mongo_fixture",
+    "tests.fixtures.redis_fixture",
+    "tests.fixtures.postgres_fixture",
+    "tests.fixtures.toxiproxy_fixture",
+    "tests.fixtures.browser",
+]
 
 logging.getLogger("sessions").setLevel(logging.DEBUG)
 
 
-import pytest  # noqa: E402
-
-from tests.support import FakeClock  # noqa: E402
+from sessions.testing import FakeClock  # noqa: E402
 
 
 @pytest.fixture

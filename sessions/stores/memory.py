@@ -88,6 +88,10 @@ class MemoryStore(Store):
         row = self._live(key)
         return None if row is None else _record(row)
 
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """Dict lookups, no copies (the bus stays the default in-process one)."""
+        return {key for key in keys if self._live(key) is not None}
+
     async def create(self, key: str, record: Record) -> None:
         self._put(key, (
             _items(record.data), record.created, record.updated, record.expires, record.user_id, _items(record.meta),

@@ -56,6 +56,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure, PyMongoError
 
+from ..bus import EventBus
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
 from .plumbing import DriverErrors, Lifecycle, split_legacy_kind
 from .pruning import PruneLoop
@@ -403,6 +404,23 @@ class MongoStore(Store):
     async def prune(self) -> int:
         result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self.clock())}})
         return result.deleted_count
+
+    @_errors.ready_first
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """One ``find`` with ``$in`` on ``_id`` and ``expires`` after now, projecting ``_id`` only."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return set()
+        query = {"_id": {"$in": wanted}, "expires": {"$gt": _to_datetime(self.clock())}}
+        docs = await self._collection.find(query, {"_id": 1}).to_list(len(wanted))
+        return {doc["_id"] for doc in docs}
+
+    def event_bus(self) -> EventBus:
+        """A change stream where the server offers one, else a polled events collection, both
+        on ``<collection>_events`` (:mod:`sessions.buses.mongo`)."""
+        from ..buses.mongo import MongoBus
+
+        return MongoBus(self._collection.database[f"{self._collection.name}_events"])
 
     @_errors
     async def ping(self) -> None:

@@ -71,6 +71,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from ..bus import EventBus
 from .base import KEEP, Clock, Record, Store, window_bounds
 from .plumbing import DriverErrors, Lifecycle
 from .pruning import PruneLoop
@@ -161,6 +162,7 @@ def _record_statements(render: _Render) -> dict[str, str]:
             f"UPDATE {{t}} SET expires = to_timestamp(%(expires)s), updated = to_timestamp(%(updated)s) "
             f"WHERE {live}"
         ),
+        "alive": render("SELECT key FROM {t} WHERE key = ANY(%(keys)s) AND expires > to_timestamp(%(now)s)"),
         "destroy": render("DELETE FROM {t} WHERE key = %(key)s"),
         "destroy_user": render("DELETE FROM {t} WHERE user_id = %(user_id)s"),
         "destroy_user_keep": render("DELETE FROM {t} WHERE user_id = %(user_id)s AND key <> %(keep)s"),
@@ -419,6 +421,22 @@ class PostgresStore(Store):
     async def prune(self) -> int:
         """Delete expired sessions and ended counter windows; returns how many sessions."""
         return await self._execute("prune", {"now": self.clock()})
+
+    @_errors
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """One ``SELECT key ... WHERE key = ANY(%s) AND expires > now`` (the primary key serves it)."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return set()
+        rows = await self._fetchall("alive", {"keys": wanted, "now": self.clock()})
+        return {row[0] for row in rows}
+
+    def event_bus(self) -> EventBus:
+        """LISTEN/NOTIFY on a channel named after the table (:mod:`sessions.buses.postgres`)."""
+        from ..buses.postgres import PostgresBus, channel_for
+
+        return PostgresBus(self.pool.conninfo, self.pool.kwargs, self.run_query, channel_for(self.table, self.schema),
+                           timeout=self.timeout)  # fmt: skip
 
     @_errors
     async def setup(self) -> None:

@@ -80,6 +80,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
+from ..bus import EventBus
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
 from .plumbing import DriverErrors, Lifecycle, split_legacy_kind
 
@@ -474,6 +475,27 @@ class RedisStore(Store):
     async def prune(self) -> int:
         """Nothing to do: Redis deletes expired sessions and counters itself (reads ignore them before)."""
         return 0
+
+    @_errors.ready_first
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """One pipeline of ``HGET <session> expires`` (on a cluster, one per node), checked
+        against the store's clock like :meth:`load`."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        for key in wanted:
+            pipe.hget(self.session_key(key), "expires")
+        replies: Sequence[Any] = await pipe.execute()
+        now = self.clock()
+        return {key for key, expires in zip(wanted, replies, strict=True) if expires is not None and float(expires) > now}
+
+    def event_bus(self) -> EventBus:
+        """Pub/sub on the channel ``<prefix>events``: PUBLISH/SUBSCRIBE, or sharded
+        (SPUBLISH/SSUBSCRIBE) on a cluster (:mod:`sessions.buses.redis`)."""
+        from ..buses.redis import RedisBus
+
+        return RedisBus(self.client, f"{self.prefix}events", ready=self.ensure_connected)
 
     @_errors.ready_first
     async def setup(self) -> None:

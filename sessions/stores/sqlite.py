@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..bus import EventBus, LocalBus
 from .base import KEEP, Clock, Record, Store, window_bounds
 from .plumbing import DriverErrors, Lifecycle
 
@@ -254,6 +255,8 @@ def _deliver(outcomes: list[_Outcome]) -> None:
 
 
 _ERRORS = DriverErrors("sqlite", (sqlite3.Error,))
+#: Keys per statement in :meth:`SQLiteStore.alive` (SQLite allows 32,766 variables; older builds 999).
+_ALIVE_CHUNK = 500
 
 
 def _meta_text(meta: Mapping[str, str]) -> str | None:
@@ -473,6 +476,31 @@ class SQLiteStore(Store):
             return conn.execute("DELETE FROM sessions WHERE expires <= ?", (now,)).rowcount
 
         return await self._run(prune)
+
+    async def alive(self, keys: Iterable[str]) -> set[str]:
+        """One worker call: ``SELECT key ... WHERE key IN (...) AND expires > now``, 500 keys a statement."""
+        wanted = list(dict.fromkeys(keys))
+        now = self.clock()
+
+        def alive(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(wanted), _ALIVE_CHUNK):
+                chunk = wanted[start : start + _ALIVE_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT key FROM sessions WHERE key IN ({marks}) AND expires > ?", (*chunk, now))
+                found.update(row[0] for row in rows)
+            return found
+
+        return await self._run(alive, write=False) if wanted else set()
+
+    def event_bus(self) -> EventBus:
+        """An events table in the same file, polled (:mod:`sessions.buses.sqlite`); in-process
+        for ``:memory:``, which no other process can open."""
+        if self.path == ":memory:":
+            return LocalBus()
+        from ..buses.sqlite import SQLiteBus
+
+        return SQLiteBus(self.path, prepare=self.setup, timeout=self._timeout)
 
     async def setup(self) -> None:
         def setup(conn: sqlite3.Connection) -> None:
