@@ -22,7 +22,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -186,6 +186,15 @@ class SessionManager:
         self.clock: Clock = clock or store.clock
         self.cookie_full_name = self.options.cookie.full_name(self.options.cookie_name)
         self.listeners: list[SessionListener] = []
+        #: Run after a session with a user is stored (login, regenerate, remember-me
+        #: restore); one answering False ends it again at once and clears the cookie.
+        #: What they are for: checking, *after* the write, that the user's credentials
+        #: did not change while the session was being made. A "log out everywhere" or
+        #: password change that bumps a version before deleting the user's sessions
+        #: through the user index then leaves no window: a session stored before the
+        #: deletion listed the index is deleted by it, and one stored after it sees the
+        #: new version here. So requests need not read the user on every load.
+        self.creation_checks: list[Callable[[Session], Awaitable[bool]]] = []
         interval = self.options.prune_interval
         #: Runs one prune at a time for stores that need it (see ``prune_interval``).
         self.pruner: PruneLoop | None = (
@@ -359,7 +368,8 @@ class SessionManager:
         if self.pruner is not None and plan.write != "none":
             self._maybe_prune()  # only requests that write anyway: a read never touches the store
         if plan.write == "create":
-            await self._create(session, plan, expires)
+            if not await self._create(session, plan, expires):
+                cookie = "clear"
         elif plan.write == "update":
             written = await self.store.update(
                 session.key,  # type: ignore[arg-type]  # an update plan is for a stored session
@@ -392,7 +402,8 @@ class SessionManager:
         elif cookie == "clear":
             clear_cookie(handler, self.options.cookie_name, self.options.cookie)
 
-    async def _create(self, session: Session, plan: CommitPlan, expires: float) -> None:
+    async def _create(self, session: Session, plan: CommitPlan, expires: float) -> bool:
+        """Store a new (or regenerated) session; False when a creation check ended it again."""
         now = plan.now
         session_id = self.options.id_generator()
         key = hash_session_id(session_id)
@@ -404,8 +415,16 @@ class SessionManager:
             await self.store.destroy(plan.drop_key)
             self._notify("session_renamed", plan.drop_key, key)
             log_event(audit_log, logging.INFO, "session_regenerated", old=short_key(plan.drop_key), new=short_key(key))
-        if self.options.max_user_sessions is not None and isinstance(plan.user_id, str):
-            await self.enforce_user_cap(plan.user_id)
+        if isinstance(plan.user_id, str):
+            for check in self.creation_checks:
+                if not await check(session):
+                    await self.end_session(key)
+                    log_event(audit_log, logging.INFO, "session_refused_after_create", key=short_key(key),
+                              user=plan.user_id)
+                    return False
+            if self.options.max_user_sessions is not None:
+                await self.enforce_user_cap(plan.user_id)
+        return True
 
     async def enforce_user_cap(self, user_id: str) -> int:
         """End the user's oldest sessions beyond ``max_user_sessions``; returns how many.

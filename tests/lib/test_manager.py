@@ -586,3 +586,25 @@ def test_a_missing_driver_names_the_extra_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "sessions.stores.redis", raising=False)
     with pytest.raises(ImportError, match=r"tornado-sessions\[redis\]"):
         open_store("redis://127.0.0.1:1/0")
+
+
+@pytest.mark.gen_test
+async def test_a_creation_check_that_fails_ends_the_new_session_and_clears_the_cookie(app, call, jar, store):
+    manager = app.settings["session_manager"]
+    seen = []
+
+    async def still_current(session):
+        seen.append(session.user_id)
+        return session.user_id != "revoked"
+
+    manager.creation_checks.append(still_current)
+    response = await call("POST", "login", {"user": "ana"})
+    assert response.code == 200 and seen == ["ana"]
+    assert json.loads((await call("GET", "read")).body)["user"] == "ana"
+    response = await call("POST", "login", {"user": "revoked"})
+    assert seen == ["ana", "revoked"]
+    assert any(is_deletion(h) for h in set_cookie_headers(response, "sid"))
+    assert json.loads((await call("GET", "read")).body)["user"] is None  # nothing stored
+    assert await store.list_user("revoked") == []
+    await call("POST", "set", {"visitor": 1})  # no user: no check runs
+    assert seen == ["ana", "revoked"]
