@@ -12,18 +12,12 @@ flags) as that module's ``live_server`` does. Screenshots go to
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.fixtures.browser import ROOT, register, shot
-from tests.fixtures.support import free_port
+from tests.fixtures.browser import register, shot
 
 pytestmark = pytest.mark.browser
 
@@ -31,43 +25,9 @@ IDLE, WARNING = 4, 3
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """``server.py`` with a 4 s idle timeout and the warning 3 s ahead; its base URL."""
-    data_dir = tmp_path_factory.mktemp("idle-browser-data")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("SESSION_STORE", "MONGODB_URL", "PRODUCTION", "DEBUG")}
-    env["SESSION_KEYS"] = subprocess.run(
-        [sys.executable, "-m", "sessions.keygen"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    log_path = data_dir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), "--port", str(port), "--data-dir", str(data_dir),
-             "--bcrypt-cost", "4", "--idle-timeout", str(IDLE), "--expiry-warning", str(WARNING)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server.py did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
-        yield base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def live_server_args():
+    """``server.py`` with a 4 s idle timeout and the warning 3 s ahead."""
+    return ["--idle-timeout", str(IDLE), "--expiry-warning", str(WARNING)]
 
 
 def deadline_of(page: Any) -> float:
