@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -318,15 +319,39 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` names every option's default (the environment's value when one is set)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or action.dest == "help":
+            return text
+        if action.default is None:
+            return f"{text}; default: none"
+        if action.default is False and action.nargs == 0:
+            return f"{text}; default: off"
+        return f"{text}; default: %(default)s"
+
+
+HELP_EPILOG = (
+    "A name in brackets, such as [PORT], is the environment variable that sets the option "
+    "when the flag is not given (the flag wins); the defaults shown include any such variable "
+    "already set. Switches take 1, true, yes or on, e.g. PRODUCTION=1. A limit is HITS/SECONDS: "
+    "at most HITS attempts in each window of SECONDS."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    parser = argparse.ArgumentParser(description="tornado-sessions demo server")
+    parser = argparse.ArgumentParser(
+        description="tornado-sessions demo server", epilog=HELP_EPILOG, formatter_class=DefaultsHelpFormatter
+    )
     parser.add_argument("--host", default=env.get("HOST", "127.0.0.1"), help="listen address [HOST]")
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8888")), help="listen port [PORT]")
     parser.add_argument(
         "--data-dir",
         default=env.get("DATA_DIR", str(ROOT / "var")),
-        help="SQLite file and development key live here [DATA_DIR]",
+        help="the SQLite file (sessions and users) and the development key live here [DATA_DIR]",
     )
     parser.add_argument(
         "--store",
@@ -366,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--bcrypt-cost", type=int, default=int(env.get("BCRYPT_COST", str(DEFAULT_COST))),
-        help=f"bcrypt work factor [BCRYPT_COST]; default {DEFAULT_COST}",
+        help="bcrypt work factor: 12 takes about a quarter second per hash [BCRYPT_COST]",
     )
     parser.add_argument(
         "--max-sessions", type=int, default=int(env.get("MAX_SESSIONS", "10")),
@@ -378,19 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--login-limit", default=env.get("LOGIN_LIMIT", "20/300"), metavar="HITS/SECONDS",
-        help="login attempts per client address [LOGIN_LIMIT]",
+        help="login attempts per client address; one more waits for the window to end [LOGIN_LIMIT]",
     )
     parser.add_argument(
         "--login-account-limit", default=env.get("LOGIN_ACCOUNT_LIMIT", "5/900"), metavar="HITS/SECONDS",
-        help="login attempts per account [LOGIN_ACCOUNT_LIMIT]",
+        help="login attempts per account, the right password included once over it (a correct "
+        "login clears the count) [LOGIN_ACCOUNT_LIMIT]",
     )
     parser.add_argument(
         "--register-limit", default=env.get("REGISTER_LIMIT", "5/3600"), metavar="HITS/SECONDS",
-        help="sign-ups per client address [REGISTER_LIMIT]",
+        help="sign-ups per client address (forms with mistakes do not count) [REGISTER_LIMIT]",
     )
     parser.add_argument(
         "--remember-days", type=float, default=float(env.get("REMEMBER_DAYS", "30")),
-        help="lifetime of a remember-me token [REMEMBER_DAYS]",
+        help="lifetime of a remember-me token, in days [REMEMBER_DAYS]",
     )
     parser.add_argument(
         "--remember-grace", type=float, default=float(env.get("REMEMBER_GRACE", "60")),
@@ -404,24 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--ws-recheck", type=float, default=float(env.get("WS_RECHECK", str(DEFAULT_RECHECK_INTERVAL))),
         metavar="SECONDS",
         help="re-check every open websocket's session in the store this often: how soon a logout "
-        f"through another process closes it [WS_RECHECK]; default {DEFAULT_RECHECK_INTERVAL:g}",
+        f"through another process closes it [WS_RECHECK]; default: {DEFAULT_RECHECK_INTERVAL:g}",
     )
     parser.add_argument(
         "--idle-timeout", type=float, default=env.get("IDLE_TIMEOUT", str(DEFAULT_IDLE_TIMEOUT)),
         metavar="SECONDS",
-        help=f"a session unused this long ends [IDLE_TIMEOUT]; default {DEFAULT_IDLE_TIMEOUT:g}",
+        help=f"a session unused this long ends [IDLE_TIMEOUT]; default: {DEFAULT_IDLE_TIMEOUT:g} (30 minutes)",
     )
     parser.add_argument(
         "--absolute-timeout", type=float, default=env.get("ABSOLUTE_TIMEOUT", str(DEFAULT_ABSOLUTE_TIMEOUT)),
         metavar="SECONDS",
         help=f"a session ends this long after its login, used or not [ABSOLUTE_TIMEOUT]; "
-        f"default {DEFAULT_ABSOLUTE_TIMEOUT:g}",
+        f"default: {DEFAULT_ABSOLUTE_TIMEOUT:g} (12 hours)",
     )
     parser.add_argument(
         "--expiry-warning", type=float, default=env.get("EXPIRY_WARNING", str(DEFAULT_EXPIRY_WARNING)),
         metavar="SECONDS",
         help="the live page warns this long before the idle deadline, with a button that extends the "
-        f"session [EXPIRY_WARNING]; default {DEFAULT_EXPIRY_WARNING:g}",
+        f"session [EXPIRY_WARNING]; default: {DEFAULT_EXPIRY_WARNING:g}",
     )
     return parser
 
@@ -462,13 +488,16 @@ def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, Dem
         keys, source = load_key_ring(env_keys, key_file=data_dir / "dev-keys", production=args.production)
     except (MissingKeysError, ValueError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    args.key_source = f"development key in {source}" if source != "SESSION_KEYS" else source
     store_url = args.store or f"sqlite:///{data_dir / 'sessions.sqlite3'}"
     if store_url.startswith("sqlite:///") and not store_url.startswith("sqlite:////"):
         store_url = "sqlite:///" + str(Path(store_url[len("sqlite:///") :]).resolve())
     try:
         store = open_store(store_url)
-    except (ValueError, ImportError) as exc:
+    except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    except ImportError as exc:  # a database driver the demo did not install (it installs only SQLite's needs)
+        raise SystemExit(f"error: {exc} (./scripts/run-demo.sh installs it when --store names such a URL)") from None
     users_scheme = (args.users or "").partition("://")[0].lower()
     if args.users and users_scheme not in user_schemes():
         known = ", ".join(f"{s}://" for s in user_schemes())
@@ -521,10 +550,22 @@ async def serve(
     app = make_app(config)
     server = make_server(app, config)
     if sockets is None:
-        server.listen(args.port, args.host)
+        try:
+            server.listen(args.port, args.host)
+        except OSError as exc:
+            accounts.hasher.close()
+            await accounts.users.close()
+            await config.store.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise SystemExit(port_in_use_message(args.host, args.port)) from None
+            raise SystemExit(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        for line in start_lines(args, config):
+            print(line, flush=True)
     else:
         server.add_sockets(sockets)
-    print(f"tornado-sessions demo on http://{args.host}:{args.port}/ (store: {config.store.name})", flush=True)
+        if tornado.process.task_id() == 0:
+            for line in start_lines(args, config):
+                print(line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -541,6 +582,39 @@ async def serve(
     accounts.hasher.close()
     await accounts.users.close()
     await config.store.close()
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    """One line for a port that is taken (instead of a traceback)."""
+    return (f"error: port {port} on {host} is in use (is the demo already running?); "
+            f"stop that server or choose another port with --port, e.g. --port {port + 1}")
+
+
+def start_lines(args: argparse.Namespace, config: DemoConfig) -> list[str]:
+    """What the demo prints once it listens: its address, where the data and the key are."""
+    store = config.store
+    lines = [f"tornado-sessions demo on http://{args.host}:{args.port}/ (store: {store.name})"]
+    if isinstance(store, SQLiteStore):
+        where = f"sessions and users in {store.path}"
+        if config.users_url and config.users_url != config.store_url:
+            where = f"sessions in {store.path}; users at {redact_url(config.users_url)}"
+        lines.append(f"  data: {where}")
+    else:
+        lines.append(f"  data: {store.describe()}")
+    source = getattr(args, "key_source", None)
+    if source:
+        lines.append(f"  keys: {source}" if source != "SESSION_KEYS" else "  keys: from SESSION_KEYS")
+    lines.append("  stop with Ctrl+C; every option: python server.py --help")
+    return lines
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password, for a start line."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -566,7 +640,12 @@ def main(argv: list[str] | None = None) -> None:
     # go through files that every worker writes and /metrics adds up.
     metrics_dir = tempfile.mkdtemp(prefix="tornado-sessions-metrics-")
     metrics.configure(metrics_dir)
-    sockets = tornado.netutil.bind_sockets(args.port, args.host)
+    try:
+        sockets = tornado.netutil.bind_sockets(args.port, args.host)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise SystemExit(port_in_use_message(args.host, args.port)) from None
+        raise
     lifeline = WorkerLifeline()
     parent = os.getpid()
     try:

@@ -65,6 +65,18 @@ class Decision:
         return headers
 
 
+def wait_words(seconds: float) -> str:
+    """How long to wait, as a person would say it: "40 seconds", "1 minute", "15 minutes", "1 hour"."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    hours = round(minutes / 60)
+    return f"{hours} hour{'s' if hours != 1 else ''}"
+
+
 def _account_name(action: str, account: str) -> str:
     digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{action}:acct:{digest}"

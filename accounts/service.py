@@ -29,7 +29,7 @@ from sessions import StoreError
 from sessions.events import audit_log, log_event
 
 from .passwords import PasswordHasher, PasswordPolicyError, check_policy
-from .ratelimit import Decision, RateLimiter
+from .ratelimit import Decision, RateLimiter, wait_words
 from .users import (
     EmailTaken,
     InvalidUserInput,
@@ -48,12 +48,14 @@ class AccountError(Exception):
     """A refused account operation: HTTP status, a message for the user, the field at fault.
 
     ``code`` is the short machine-readable name of the refusal (the JSON API's
-    ``error``); None lets the front end name it by the status.
+    ``error``); None lets the front end name it by the status. ``errors`` maps every
+    field at fault to its message when a form had several problems at once (``field``
+    and ``message`` are then the first of them).
     """
 
     def __init__(
         self, status: int, message: str, *, field: str | None = None, limit: Decision | None = None,
-        code: str | None = None,
+        code: str | None = None, errors: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
@@ -61,6 +63,36 @@ class AccountError(Exception):
         self.field = field
         self.limit = limit
         self.code = code
+        self.errors = errors or ({field: message} if field else {})
+
+    @classmethod
+    def invalid(cls, errors: dict[str, str]) -> AccountError:
+        """A 400 naming every field at fault (the first one is ``field``)."""
+        field, message = next(iter(errors.items()))
+        return cls(400, message, field=field, errors=dict(errors))
+
+
+def rate_limited(what: str, decision: Decision) -> AccountError:
+    """The 429 for ``decision``: what was refused and when to try again, in words."""
+    return AccountError(429, f"{what}; please try again in {wait_words(decision.reset_after)}", limit=decision)
+
+
+def registration_errors(email: str, name: str, password: str) -> tuple[dict[str, str], str, str]:
+    """Every problem of a sign-up form at once (field -> message), and the cleaned email and name."""
+    errors: dict[str, str] = {}
+    try:
+        email = normalize_email(email)
+    except InvalidUserInput as exc:
+        errors["email"] = str(exc)
+    try:
+        name = clean_name(name)
+    except InvalidUserInput as exc:
+        errors["name"] = str(exc)
+    try:
+        check_policy(password)
+    except PasswordPolicyError as exc:
+        errors["password"] = str(exc)
+    return errors, email, name
 
 
 def account_label(email: str) -> str:
@@ -76,21 +108,14 @@ class Accounts:
     register_limiter: RateLimiter
 
     async def register(self, email: str, name: str, password: str, address: str) -> User:
+        """A new user. Every field is checked first, all at once (AccountError 400 naming each);
+        only a valid form counts against the sign-up limit (429), since only it reaches the store."""
+        errors, email, name = registration_errors(email, name, password)
+        if errors:
+            raise AccountError.invalid(errors)
         decision = await self.register_limiter.attempt(address)
         if not decision.allowed:
-            raise AccountError(429, "too many sign-ups from this address; try again later", limit=decision)
-        try:
-            email = normalize_email(email)
-        except InvalidUserInput as exc:
-            raise AccountError(400, str(exc), field="email") from None
-        try:
-            name = clean_name(name)
-        except InvalidUserInput as exc:
-            raise AccountError(400, str(exc), field="name") from None
-        try:
-            check_policy(password)
-        except PasswordPolicyError as exc:
-            raise AccountError(400, str(exc), field="password") from None
+            raise rate_limited("too many sign-ups from this address", decision)
         user = User(new_user_id(), email, name, await self.hasher.hash(password), time.time())
         try:
             await self.users.add(user)
@@ -106,7 +131,7 @@ class Accounts:
             normal = None
         decision = await self.login_limiter.attempt(address, normal or email.strip().lower())
         if not decision.allowed:
-            raise AccountError(429, "too many login attempts; try again later", limit=decision)
+            raise rate_limited("too many login attempts", decision)
         user = await self.users.by_email(normal) if normal else None
         if not await self.hasher.verify(password, user.password_hash if user else None) or user is None:
             log_event(audit_log, logging.WARNING, "login_failure", account=account_label(email), remote=address)
@@ -146,7 +171,7 @@ class Accounts:
         """
         decision = await self.login_limiter.attempt(address, user.email)
         if not decision.allowed:
-            raise AccountError(429, "too many attempts; try again later", limit=decision)
+            raise rate_limited("too many password attempts", decision)
         if not await self.hasher.verify(password, user.password_hash):
             raise AccountError(403, "the current password is incorrect", field="current", limit=decision)
         await self.login_limiter.succeeded(user.email)

@@ -47,6 +47,7 @@ from sessions.remember import is_token, token_key
 from .ratelimit import Decision
 from .service import AccountError, Accounts
 from .users import User
+from .wording import browser_label
 
 #: The session-meta key naming the browser a login happened in: a session, the
 #: remember-me token issued with it and the sessions that token restores share it.
@@ -170,7 +171,8 @@ class AccountSessions:
             token_meta.credentials_version = user.credentials_version
             token_meta[DEVICE] = device
             await self.remember.issue(cookies, user.id, token_meta)
-        self._notice(user.id, "login", exclude_key=old_key, ip=meta.ip or "", user_agent=meta.user_agent or "")
+        self._notice(user.id, "login", exclude_key=old_key, ip=meta.ip or "", user_agent=meta.user_agent or "",
+                     browser=browser_label(meta.user_agent or ""))
         log_event(audit_log, logging.INFO, "login_success", user=user.id, remote=client.ip)
         return device
 
@@ -204,10 +206,16 @@ class AccountSessions:
     ) -> int:  # fmt: skip
         """Change the password (the current one checked and counted like a login); end the other logins.
 
-        This session stays, under a new ID; returns how many other sessions ended.
-        Raises AccountError: 403 wrong password, 429 over the limit, 409 when another
-        change won the race, 400 a bad new password.
+        This session stays, under a new ID, and counts as confirmed (the current password
+        was just typed). If this browser was remembered it stays so: its old token ends
+        with every other one and a fresh token is issued under the new credentials.
+        Returns how many *other browsers* were logged out (this browser's own records,
+        its old token included, are not counted). Raises AccountError: 403 wrong
+        password, 429 over the limit, 409 when another change won the race, 400 a bad
+        new password.
         """
+        own_token = self.own_token_key(cookies)
+        this_device = session.meta.get(DEVICE)
         try:
             changed = await self.accounts.change_password(user, current, new, address)
         except AccountError as error:
@@ -217,13 +225,25 @@ class AccountSessions:
             elif error.status == 409:
                 log_event(audit_log, logging.WARNING, "password_change_conflict", user=user.id, remote=address)
             raise
+        # The other browsers, named before their records go (a session and its token are one).
+        entries = await self._entries(user, session, own_token)
+        others = {e["device"] for _, e in entries if not e["this_browser"]}
         ended = await self.manager.destroy_user_sessions(changed.id, keep=session)
         session.regenerate(keep_data=True)
-        session.meta.credentials_version = changed.credentials_version
+        meta = session.meta
+        meta.credentials_version = changed.credentials_version
+        meta.reauth_at = self.manager.clock()  # the current password was typed just now
+        meta.restored = None
         if self.remember is not None and cookies is not None and cookies.get_cookie(self.remember.cookie_full_name):
-            self.remember.clear_cookie(cookies)  # its token ended with the others
-        log_event(audit_log, logging.INFO, "password_changed", user=changed.id, others_ended=ended)
-        return ended
+            token_meta = SessionMeta()
+            token_meta.client(meta.ip or address, meta.user_agent or "")
+            token_meta.credentials_version = changed.credentials_version
+            if this_device:
+                token_meta[DEVICE] = this_device
+            await self.remember.issue(cookies, changed.id, token_meta)  # the old token ended with the others
+        log_event(audit_log, logging.INFO, "password_changed", user=changed.id, others_ended=ended,
+                  other_browsers=len(others))
+        return len(others)
 
     # -- step-up -------------------------------------------------------------------------
     def is_fresh(self, session: Session) -> bool:

@@ -9,6 +9,10 @@ of the request.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from accounts.service import Accounts
 from accounts.sessions import (
     AccountSessions,
@@ -19,9 +23,11 @@ from accounts.sessions import (
     session_handle,
 )
 from accounts.users import User
-from sessions import Session
+from sessions import Session, StoreError
 
 from .base import BaseHandler
+
+log = logging.getLogger("demo")
 
 __all__ = ["AccountHandler", "AuthSettings", "ReauthenticationRequired", "session_handle"]
 
@@ -62,6 +68,35 @@ class AccountHandler(BaseHandler):
             self._account = await self.account_sessions.signed_in(session, address=self.address, cookies=self)
             self.current_user = self._account
         return self._account
+
+    # -- error pages in the visitor's own state -------------------------------------------
+    def error_page_user(self) -> tuple[Any, bool]:
+        return self._account, self._account_loaded
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        """An HTML error page learns who is asking first (one session read), unless the
+        store is what failed: its navigation is then that of any other page."""
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        if (
+            self._account_loaded or self._headers_written or self._finished or status_code >= 500
+            or isinstance(error, StoreError) or self.wants_json() or self.request.connection is None
+        ):
+            super().send_error(status_code, **kwargs)
+            return
+        self._account_loaded = True  # whatever happens below, the page renders once
+        self._error_page_task = asyncio.ensure_future(self._send_error_knowing_user(status_code, kwargs))
+
+    async def _send_error_knowing_user(self, status_code: int, kwargs: dict[str, Any]) -> None:
+        try:
+            self._account_loaded = False
+            await self.current_account()
+        except Exception as exc:  # the store, a stale login...: the page renders without a user
+            log.debug("error page without the visitor's login: %r", exc)
+            self._account, self._account_loaded = None, False
+        try:
+            super().send_error(status_code, **kwargs)
+        except Exception:
+            log.exception("error page failed")
 
     def _now_logged_in(self, user: User | None) -> None:
         self._account, self._account_loaded, self.current_user = user, True, user

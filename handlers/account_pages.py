@@ -6,8 +6,10 @@ decision is made by the account service (:class:`accounts.sessions.AccountSessio
 pages and redirects.
 
 * A form that is refused re-renders its page with the refusal's status (400, 401,
-  403, 409, 429) and the error beside the field at fault; the typed values come back
-  in the form, passwords never.
+  403, 409, 429) and the error beside every field at fault; the typed values come back
+  in the form, passwords never. A 429 says when to try again (``retry``). The forms
+  of ``/account`` (the password change) post elsewhere: their errors come back by
+  post/redirect/get (flashes of category ``field:<name>``), so a reload re-posts nothing.
 * Every accepted form ends in a 303 redirect with a flash message for the next page
   (post/redirect/get). Logging out ends the session that would carry a flash, so those
   redirects name a fixed notice instead (``/login?notice=logged-out``).
@@ -17,18 +19,18 @@ pages and redirects.
 
 from __future__ import annotations
 
-import datetime
 import re
 from typing import Any
 from urllib.parse import urlencode, urlsplit
-from zoneinfo import ZoneInfo
 
 from tornado.web import HTTPError
 
 from accounts.passwords import MAX_LENGTH as MAX_PASSWORD
-from accounts.service import AccountError
+from accounts.ratelimit import wait_words
+from accounts.service import AccountError, registration_errors
 from accounts.sessions import StepUpRequired
 from accounts.users import MAX_EMAIL, MAX_NAME, User
+from accounts.wording import browser_label, format_when
 
 from .account_base import AccountHandler
 
@@ -64,48 +66,16 @@ def login_url(next_path: str) -> str:
     return "/login?" + urlencode({"next": next_path})
 
 
-def browser_label(user_agent: str) -> str:
-    """A short name for a user agent: "Chrome on Linux", "Firefox on Windows", ..."""
-    ua = user_agent or ""
-    browser = next(
-        (
-            name
-            for token, name in (
-                ("Edg/", "Edge"),
-                ("OPR/", "Opera"),
-                ("Firefox/", "Firefox"),
-                ("Chrome/", "Chrome"),
-                ("Chromium/", "Chromium"),
-                ("Safari/", "Safari"),
-                ("curl/", "curl"),
-            )
-            if token in ua
-        ),
-        None,
-    )
-    system = next(
-        (
-            name
-            for token, name in (
-                ("Android", "Android"),
-                ("iPhone", "iOS"),
-                ("iPad", "iPadOS"),
-                ("Windows", "Windows"),
-                ("Mac OS X", "macOS"),
-                ("CrOS", "ChromeOS"),
-                ("Linux", "Linux"),
-            )
-            if token in ua
-        ),
-        None,
-    )
-    if browser and system:
-        return f"{browser} on {system}"
-    return browser or system or (ua[:40] if ua else "unknown")
+__all__ = ["browser_label", "safe_next", "login_url", "ROUTES"]
+#: Flash categories ``field:<name>`` carry a form's errors across a redirect.
+FIELD_FLASH = "field:"
 
 
 class AccountPage(AccountHandler):
     """An HTML page of the demo that knows who is logged in (``current_user``)."""
+
+    #: When a refused attempt may be tried again ({"words", "at"}), for the page.
+    _retry: dict[str, str] | None = None
 
     async def prepare(self) -> None:
         await self.current_account()
@@ -115,49 +85,68 @@ class AccountPage(AccountHandler):
     async def render_page(self, template: str, status: int = 200, **kwargs: Any) -> None:
         """Render ``template`` with this session's flash messages (each shown once)."""
         self.set_status(status)
-        flashes = await self.pop_flashes()
+        flashes = []
+        carried: dict[str, str] = {}
+        for category, message in await self.pop_flashes():
+            if category.startswith(FIELD_FLASH):  # a form's errors, across post/redirect/get
+                carried.setdefault(category[len(FIELD_FLASH):], message)
+            else:
+                flashes.append((category, message))
+        if carried and "errors" in kwargs:
+            kwargs["errors"] = {**carried, **(kwargs["errors"] or {})}
         notice = NOTICES.get(self.get_query_argument("notice", ""))
         if notice:
             flashes.append(("info", notice))
         self.render(template, flashes=flashes, **kwargs)
 
     def format_time(self, timestamp: float) -> str:
-        """A time in the visitor's time zone preference (UTC by default)."""
-        zone = ZoneInfo(self.preferences.get()["timezone"])
-        when = datetime.datetime.fromtimestamp(timestamp, zone)
-        return when.strftime("%Y-%m-%d %H:%M ") + (when.tzname() or "")
+        """A time in the visitor's time zone preference (UTC by default): "2026-12-01 07:42 UTC"."""
+        return format_when(timestamp, self.preferences.get()["timezone"])
 
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace["format_time"] = self.format_time
+        namespace["retry"] = self._retry
         return namespace
 
     # -- forms -------------------------------------------------------------------------
     def read_form(self, **limits: int) -> tuple[dict[str, str], AccountError | None]:
-        """The form's fields as sent (not stripped: passwords keep their spaces), and the
-        first problem: a field over its limit (name=max characters) or not UTF-8 comes
-        back empty, with an AccountError naming it for the caller to raise."""
+        """The form's fields as sent (not stripped: passwords keep their spaces), and their
+        problems: a field over its limit (name=max characters) or not UTF-8 comes back
+        empty, with an AccountError naming every such field for the caller to raise."""
         values: dict[str, str] = {}
-        problem: AccountError | None = None
+        problems: dict[str, str] = {}
         for name, limit in limits.items():
             raw = (self.request.body_arguments.get(name) or [b""])[-1]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                text, problem = "", problem or AccountError(400, "this is not valid UTF-8 text", field=name)
+                text = ""
+                problems[name] = "this is not valid UTF-8 text"
             if len(text) > limit:
-                text, problem = "", problem or AccountError(400, f"at most {limit} characters, please", field=name)
+                text = ""
+                problems[name] = f"at most {limit} characters, please"
             values[name] = text
-        return values, problem
+        return values, AccountError.invalid(problems) if problems else None
 
     def redirect_with_flash(self, url: str, message: str, category: str = "success") -> None:
         self.session.flash(message, category)
         self.redirect(url, status=303)
 
     def refused(self, error: AccountError) -> dict[str, str]:
-        """The error map for a template (field name, or "form", to message); sets RateLimit headers."""
+        """The error map for a template (field name, or "form", to message); sets RateLimit
+        headers, and when to try again (``retry``) after a 429."""
         self.rate_limit_headers(error.limit)
-        return {error.field or "form": error.message}
+        if error.limit is not None and not error.limit.allowed:
+            wait = error.limit.reset_after
+            self._retry = {"words": wait_words(wait), "at": self.format_time(self.session_manager.clock() + wait)}
+        return dict(error.errors) if error.errors else {"form": error.message}
+
+    def redirect_with_errors(self, url: str, errors: dict[str, str]) -> None:
+        """Post/redirect/get for a refused form: its errors go along as ``field:`` flashes."""
+        for name, message in errors.items():
+            self.session.flash(message, FIELD_FLASH + name)
+        self.redirect(url, status=303)
 
     async def redirect_now(self, url: str) -> None:
         """Redirect from ``prepare()``: finished (session committed) before the method would run."""
@@ -210,8 +199,9 @@ class RegisterPage(LoggedOutPage):
         values, problem = self.read_form(email=MAX_EMAIL + 64, name=MAX_NAME + 64, password=MAX_PASSWORD)
         password = values.pop("password")
         try:
-            if problem:
-                raise problem
+            if problem:  # every field at once: what could not be read, and what is wrong with the rest
+                errors, _, _ = registration_errors(values["email"], values["name"], password)
+                raise AccountError.invalid({**errors, **problem.errors})
             user = await self.accounts.register(values["email"], values["name"], password, self.address)
         except AccountError as error:
             await self.render_page("register.html", error.status, values=values, errors=self.refused(error))
@@ -282,19 +272,29 @@ class NameForm(AccountPageBase):
 
 
 class PasswordForm(AccountPageBase):
+    """The password change, in one pass.
+
+    The current password typed in the form is the confirmation that step-up asks for,
+    so a session restored from "remember me" is not sent to confirm it first (and does
+    not come back to an empty form). Errors come back by post/redirect/get.
+    """
+
     async def post(self) -> None:
-        if not self.is_fresh(self.session):
-            self.reauthenticate_first()
-            return
         values, problem = self.read_form(current=MAX_PASSWORD, new=MAX_PASSWORD)
         try:
             if problem:
                 raise problem
             ended = await self.change_password(self.user, values["current"], values["new"])
         except AccountError as error:
-            await self.render_account(error.status, errors=self.refused(error))
+            errors = self.refused(error)
+            if self._retry is not None:
+                errors["form"] = f"{error.message} (at {self._retry['at']})"
+            self.redirect_with_errors("/account", errors)
             return
-        others = f"{ended} other session{'' if ended == 1 else 's'} ended" if ended else "no other session was open"
+        if ended:
+            others = f"{ended} other browser{' is' if ended == 1 else 's are'} logged out"
+        else:
+            others = "you were not logged in anywhere else"
         self.redirect_with_flash("/account", f"Your password is changed; {others}.")
 
 
@@ -318,6 +318,9 @@ class SessionsPage(SessionsPageBase):
 
 class RevokeForm(SessionsPageBase):
     async def post(self, handle: str) -> None:
+        service = self.account_sessions
+        devices = await service.devices(self.user, self.session, own_token=service.own_token_key(self))
+        label = next((browser_label(d["user_agent"]) for d in devices if d["handle"] == handle), "That browser")
         try:
             revoked = await self.revoke(self.user, handle)
         except StepUpRequired:
@@ -328,7 +331,7 @@ class RevokeForm(SessionsPageBase):
         elif self.session.destroyed:
             self.redirect("/login?notice=logged-out", status=303)  # it was this one
         else:
-            self.redirect_with_flash("/account/sessions", "The session is ended.")
+            self.redirect_with_flash("/account/sessions", f"{label} is logged out.")
 
 
 class LogoutEverywhereForm(SessionsPageBase):

@@ -10,10 +10,17 @@ Every JSON error has one shape (:func:`error_body`)::
 
     {"error": "<code>", "message": "<text for a person>", "status": <HTTP status>}
 
-plus ``"field"`` (the input at fault) on validation errors and ``"retry_after"``
-(seconds, as the ``Retry-After`` header) on 429 and 503. ``error`` is a short
-machine code: by status (:data:`ERROR_CODES`) unless the refusal names its own
-(``invalid_credentials``, ``reauthentication_required``).
+plus ``"field"`` (the input at fault) on validation errors, ``"errors"`` (every
+field at fault, field -> message) when a form had several problems at once, and
+``"retry_after"`` (seconds, as the ``Retry-After`` header) on 429 and 503. ``error``
+is a short machine code: by status (:data:`ERROR_CODES`) unless the refusal names
+its own (``invalid_credentials``, ``reauthentication_required``). The same shape
+answers every error under ``/api/`` and ``/auth/`` (unknown URLs included).
+
+The HTML error page is an ordinary page of the site: the visitor's theme, their
+login state and navigation (the handler learns who is asking before it renders,
+unless the store is what failed), a title and a sentence in plain words
+(:data:`ERROR_WORDS`), and a way on.
 """
 
 from __future__ import annotations
@@ -65,6 +72,20 @@ ERROR_CODES = {
 }
 #: Seconds a client should wait after a 503 (the store is down).
 STORE_RETRY_AFTER = 5
+STORE_DOWN = "we can't reach the session store right now; please try again in a minute"
+#: The error page's title and sentence by status (a refusal's own message, when it has
+#: one a person can act on, replaces the sentence).
+ERROR_WORDS: dict[int, tuple[str, str]] = {
+    400: ("That request did not work", "Something in the request was not right."),
+    403: ("Not allowed", "This form has expired or came from another site: go back, reload the page and try again."),
+    404: ("Page not found", "There is no page at this address. The link may be mistyped, or the page has moved."),
+    405: ("That does not work here", "This address does not accept that kind of request."),
+    413: ("Too much at once", "The request was larger than this site accepts."),
+    429: ("Too many attempts", "Please wait a little and try again."),
+    500: ("Something went wrong", "Something went wrong on our side. Please try again; if it keeps happening, "
+                                  "tell whoever runs this site."),
+    503: ("Temporarily unavailable", STORE_DOWN[0].upper() + STORE_DOWN[1:] + "."),
+}
 
 
 class APIError(HTTPError):
@@ -114,9 +135,16 @@ class SecureHeadersMixin(RequestHandler):
             headers["Strict-Transport-Security"] = HSTS
 
     def wants_json(self) -> bool:
-        return self.request.path.startswith("/api/") or "application/json" in self.request.headers.get(
-            "Accept", ""
-        )
+        path = self.request.path
+        return path.startswith(("/api/", "/auth/")) or "application/json" in self.request.headers.get("Accept", "")
+
+    def error_page_theme(self) -> str:
+        """The theme of this visitor's error page (handlers that read cookies override it)."""
+        return DEFAULT_THEME
+
+    def error_page_user(self) -> tuple[Any, bool]:
+        """(the logged-in user, whether that is known) for the error page's navigation."""
+        return None, False
 
     def depends_on_cookies(self) -> None:
         """This response is built from the request's cookies: no shared cache may keep it."""
@@ -130,6 +158,7 @@ class SecureHeadersMixin(RequestHandler):
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace["theme"] = DEFAULT_THEME
+        namespace["user_known"] = True  # the error page says when it could not learn who is asking
         namespace["flashes"] = ()  # base.html shows them; pages that pop flashes pass their own
         return namespace
 
@@ -144,36 +173,55 @@ class SecureHeadersMixin(RequestHandler):
                 )
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """JSON (:func:`error_body`) for the API, a small HTML page otherwise; never a traceback.
+        """JSON (:func:`error_body`) for the API, the site's own page otherwise; never a traceback.
 
-        The page is rendered from the status alone (no session, no preferences), so an
-        error raised while loading either still gets it.
+        The page shows the visitor's theme and login state when they are known (see
+        :meth:`error_page_user`); it renders without them too, so an error raised while
+        loading either still gets it.
         """
         reason = self._reason
         error = kwargs.get("exc_info", (None, None, None))[1]
         code = field = None
+        errors: dict[str, str] | None = None
         retry_after: int | None = None
+        specific = False  # a message a person can act on (else the page's standard sentence)
         if isinstance(error, AccountError):
             message, code, field = error.message, error.code, error.field
+            errors = error.errors if len(error.errors) > 1 else None
+            specific = True
             self.rate_limit_headers(error.limit)
             if error.limit is not None and not error.limit.allowed:
                 retry_after = error.limit.reset_after
         else:
             message = http_error_message(error) or reason
             code, field = getattr(error, "code", None), getattr(error, "field", None)
+            specific = isinstance(error, HTTPError) and bool(error.log_message) and status_code not in (403, 404, 405)
         if status_code >= 500:
-            message, code, field = reason, None, None  # internal details stay in the log
+            message, code, field, errors = reason, None, None, None  # internal details stay in the log
+            specific = False
         if status_code == 503:
             retry_after = STORE_RETRY_AFTER
+            message = STORE_DOWN
             self.set_header("Retry-After", str(retry_after))
         self.set_header("Cache-Control", "no-store")
         if self.wants_json():
-            self.finish(error_body(status_code, message, code=code, field=field, retry_after=retry_after))
+            body = error_body(status_code, message, code=code, field=field, retry_after=retry_after)
+            if errors:
+                body["errors"] = errors
+            self.finish(body)
             return
+        title, sentence = ERROR_WORDS.get(status_code, (reason, ""))
+        if specific:
+            sentence = message[:1].upper() + message[1:] + ("" if message.endswith((".", "!", "?")) else ".")
+        user, known = self.error_page_user()
         self.rendering_error_page = True
         try:
+            theme = self.error_page_theme()
+            if theme != DEFAULT_THEME or known:
+                self.depends_on_cookies()
             page = self.render_string(
-                "error.html", status=status_code, reason=reason, message=message, theme=DEFAULT_THEME
+                "error.html", status=status_code, reason=reason, title=title, message=sentence, theme=theme,
+                current_user=user, user_known=known, retry_after=retry_after,
             )
         except Exception:  # a broken template must not turn an error into a traceback page
             log.exception("error page failed to render")
@@ -231,3 +279,10 @@ class BaseHandler(SecureHeadersMixin, SessionMixin):
         if not self.rendering_error_page:
             namespace["theme"] = self.preferences.get()["theme"]
         return namespace
+
+    def error_page_theme(self) -> str:
+        """The preferences cookie's theme: it is opened with the key ring alone, no store."""
+        try:
+            return self.preferences.get()["theme"]
+        except Exception:  # the page must render whatever went wrong
+            return DEFAULT_THEME

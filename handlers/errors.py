@@ -1,8 +1,8 @@
 """Answers the demo gives without a route of its own: unknown URLs, oversized bodies.
 
 * :class:`NotFoundHandler` is the application's ``default_handler_class``: any method
-  on an unknown URL gets the app's own 404 (JSON under ``/api/``), with the security
-  headers, instead of Tornado's bare page.
+  on an unknown URL gets the app's own 404 (JSON under ``/api/`` and ``/auth/``), with
+  the security headers, instead of Tornado's bare page.
 * :class:`BodyLimitApplication` looks at ``Content-Length`` as soon as the headers
   are in, before any body is read: a request announcing more than
   ``max_body_bytes`` goes to :class:`PayloadTooLargeHandler`, which answers 413 with
@@ -18,13 +18,15 @@ import tornado.web
 from tornado import httputil
 from tornado.web import HTTPError, stream_request_body
 
+from .account_base import AccountHandler
 from .base import SecureHeadersMixin
 
 ALL_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
 
-class NotFoundHandler(SecureHeadersMixin):
-    """Every unknown URL, whatever the method: 404, the app's page."""
+class NotFoundHandler(AccountHandler):
+    """Every unknown URL, whatever the method: 404, the app's page (in the visitor's theme,
+    with their navigation; a request without a session cookie reads no store)."""
 
     SUPPORTED_METHODS = ALL_METHODS
 

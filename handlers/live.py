@@ -165,4 +165,11 @@ class LivePage(LoggedInPage):
     async def get(self) -> None:
         # The manager's clock, which the socket's deadlines come from: the page's script
         # counts down in server time, whatever the browser's clock says.
-        await self.render_page("live.html", user=self.user, server_time=f"{self.session_manager.clock():.3f}")
+        # Times on the page are written as on the other pages: "2026-12-01 07:42 UTC", in
+        # the visitor's time zone preference.
+        now = self.session_manager.clock()
+        zone = self.preferences.get()["timezone"]
+        await self.render_page(
+            "live.html", user=self.user, server_time=f"{now:.3f}", timezone=zone,
+            timezone_name=self.format_time(now).rpartition(" ")[2],
+        )

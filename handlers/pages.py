@@ -7,6 +7,7 @@ import json
 
 from tornado.web import HTTPError
 
+from .account_base import AccountHandler
 from .account_pages import AccountPage
 from .base import APIError, BaseHandler
 from .preferences import THEMES
@@ -27,7 +28,7 @@ class HomeHandler(AccountPage):
         )
 
 
-class FlashForm(BaseHandler):
+class FlashForm(AccountHandler):
     """POST /flash: queue a message, redirect; the next page shows it once."""
 
     async def post(self) -> None:
@@ -54,7 +55,7 @@ class PreferencesAPI(BaseHandler):
         self.write(self.preferences.save(update))
 
 
-class ThemeForm(BaseHandler):
+class ThemeForm(AccountHandler):
     """POST /preferences/theme from the home page's switch."""
 
     def post(self) -> None:

@@ -51,8 +51,25 @@
     stateEl.textContent = text;
   }
 
+  // Times are written as on /account/sessions: "2026-12-01 07:42 UTC", in the time zone
+  // of the visitor's preference (data-timezone), whatever the browser's own zone is.
+  var timeZone = root.getAttribute("data-timezone") || "UTC";
+  function formatWhen(date) {
+    var parts = {};
+    try {
+      new Intl.DateTimeFormat("en-GB", {
+        timeZone: timeZone, year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZoneName: "short"
+      }).formatToParts(date).forEach(function (p) { parts[p.type] = p.value; });
+    } catch (e) {
+      return date.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    }
+    var zone = root.getAttribute("data-timezone-name") || parts.timeZoneName || timeZone;
+    return parts.year + "-" + parts.month + "-" + parts.day + " " + parts.hour + ":" + parts.minute + " " + zone;
+  }
+
   function time() {
-    return new Date().toLocaleTimeString();
+    return formatWhen(new Date(serverNow() * 1000));
   }
 
   function addItem(list, parts) {
@@ -71,10 +88,10 @@
 
   var NOTICES = {
     login: function (m) {
-      return "New login to your account" + (m.ip ? " from " + m.ip : "") + (m.user_agent ? " (" + m.user_agent + ")" : "");
+      return "New login to your account" + (m.browser ? " in " + m.browser : "") + (m.ip ? ", from " + m.ip : "") + ".";
     },
-    revoked: function () { return "One of your sessions was revoked."; },
-    logout_everywhere: function () { return "Log out everywhere: every session of your account is ending."; }
+    revoked: function () { return "One of your browsers was logged out from the sessions page."; },
+    logout_everywhere: function () { return "Log out everywhere: every browser of your account is being logged out."; }
   };
 
   function notice(text) {
@@ -125,7 +142,7 @@
   }
 
   function clockTime(unixSeconds) {
-    return new Date((unixSeconds - clockOffset) * 1000).toLocaleTimeString();
+    return formatWhen(new Date(unixSeconds * 1000));
   }
 
   // 75 -> "1:15", 3725 -> "1:02:05"

@@ -279,7 +279,8 @@ async def test_a_login_elsewhere_is_announced_live(new_client, connect):
     conn = await connect(ana)
     await login(new_client(), headers={"User-Agent": "TestBrowser/1.0"})
     notice = await receive(conn)
-    assert notice == {"type": "notice", "event": "login", "ip": "127.0.0.1", "user_agent": "TestBrowser/1.0"}
+    assert notice == {"type": "notice", "event": "login", "ip": "127.0.0.1", "user_agent": "TestBrowser/1.0",
+                      "browser": "TestBrowser/1.0"}  # named as on /account/sessions
     bob = await logged_in(new_client, email="bob@example.com", name="Bob")
     await login(bob, email="bob@example.com")  # someone else's login is not announced to ana
     await still_open(conn)
