@@ -252,6 +252,10 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
     # Theft ends every login of the user through the credentials version first, so
     # that a restore racing the detection cannot keep its session.
     remember = RememberMe(manager, config.remember, on_theft=accounts.revoke_logins)
+    account_sessions = AccountSessions(accounts, manager, remember, config.auth, notify=registry.send_to_user)
+    # A session with a user is checked against the user record once, after it is stored:
+    # then logged-in requests read the session alone (accounts/sessions.py, user_of).
+    manager.creation_checks.append(account_sessions.still_current)
     app_settings: dict[str, Any] = dict(
         session_manager=manager,
         socket_registry=registry,
@@ -261,7 +265,7 @@ def make_app(config: DemoConfig, **settings: Any) -> tornado.web.Application:
         websocket_expiry_warning=config.expiry_warning,
         accounts=accounts,
         # Logins, logouts, step-up, active sessions: one service for pages, API and websocket.
-        account_sessions=AccountSessions(accounts, manager, remember, config.auth, notify=registry.send_to_user),
+        account_sessions=account_sessions,
         remember_me=remember,
         auth=config.auth,
         log_function=metrics.observe_request,

@@ -172,7 +172,8 @@ class Accounts:
         decision = await self.login_limiter.attempt(address, user.email)
         if not decision.allowed:
             raise rate_limited("too many password attempts", decision)
-        if not await self.hasher.verify(password, user.password_hash):
+        stored = await self.users.by_id(user.id)  # the hash is never kept in a session
+        if stored is None or not await self.hasher.verify(password, stored.password_hash):
             raise AccountError(403, "the current password is incorrect", field="current", limit=decision)
         await self.login_limiter.succeeded(user.email)
         return decision
@@ -187,6 +188,9 @@ class Accounts:
             check_policy(new)
         except PasswordPolicyError as exc:
             raise AccountError(400, str(exc), field="new") from None
+        stored = await self.users.by_id(user.id)
+        if stored is None or stored.credentials_version != user.credentials_version:
+            raise AccountError(409, "the password was changed meanwhile; log in again")
         await self.check_password(user, current, address)
         password_hash = await self.hasher.hash(new)
         version = await self.users.set_password(user.id, password_hash, expected_version=user.credentials_version)

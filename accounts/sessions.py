@@ -35,7 +35,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.web import RequestHandler
@@ -52,6 +52,31 @@ from .wording import browser_label
 #: The session-meta key naming the browser a login happened in: a session, the
 #: remember-me token issued with it and the sessions that token restores share it.
 DEVICE = "device"
+#: The user's public profile, kept in the session's metadata at login so that a
+#: logged-in request reads the session and nothing else (see :meth:`AccountSessions.user_of`).
+PROFILE_EMAIL, PROFILE_NAME, PROFILE_CREATED = "email", "name", "user_created"
+#: Users whose credentials version a process remembers at once (oldest dropped first).
+MAX_CACHED_VERSIONS = 10_000
+
+
+def cache_profile(meta: SessionMeta, user: User) -> None:
+    """Keep what pages show about ``user`` in the session (and the credentials version)."""
+    meta[PROFILE_EMAIL], meta[PROFILE_NAME] = user.email, user.name
+    meta[PROFILE_CREATED] = repr(float(user.created))
+    meta.credentials_version = user.credentials_version
+
+
+def cached_user(session: Session) -> User | None:
+    """The user as the session's metadata holds it (no password hash: re-read for that)."""
+    meta = session.meta
+    version = meta.credentials_version
+    if session.user_id is None or version is None or not version.isdigit() or PROFILE_EMAIL not in meta:
+        return None
+    try:
+        created = float(meta.get(PROFILE_CREATED, "0"))
+    except ValueError:
+        return None
+    return User(session.user_id, meta[PROFILE_EMAIL], meta.get(PROFILE_NAME, ""), "", created, int(version))
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,10 @@ class AuthSettings:
     #: need a password typed within this many seconds, and never a session restored
     #: from a remember-me token until the password is confirmed.
     reauth_after: float = 900.0
+    #: Each process remembers a user's credentials version this many seconds before
+    #: reading it again. It bounds how long a session could outlive a version bump whose
+    #: deletion of the user's sessions failed half-way (a store outage, a crash).
+    version_cache_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,18 +139,75 @@ class AccountSessions:
     settings: AuthSettings
     #: ``notify(user_id, payload, exclude_key=...)``: tell the user's open sockets (``/ws``).
     notify: Callable[..., object] | None = None
+    #: user id -> (credentials version, when read): see :meth:`user_of`.
+    _versions: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def _version_ttl(self) -> float:
+        return self.settings.version_cache_seconds
 
     def _notice(self, user_id: str, event: str, *, exclude_key: str | None = None, **fields: str) -> None:
         if self.notify is not None:
             self.notify(user_id, {"type": "notice", "event": event, **fields}, exclude_key=exclude_key)
 
     # -- who is logged in ------------------------------------------------------------
-    async def user_of(self, session: Session) -> tuple[User | None, bool]:
-        """(the session's user, whether the login is current: :func:`login_is_current`)."""
+    async def user_of(self, session: Session, *, strict: bool = False) -> tuple[User | None, bool]:
+        """(the session's user, whether the login is current: :func:`login_is_current`).
+
+        One store round trip per logged-in request, the session's own: a stored session
+        with the user's profile in its metadata is current without reading the user.
+        Why that is safe: a session with a user is checked against the user record once
+        more *after* it is stored (:meth:`still_current`, a manager creation check), and
+        a password change, log out everywhere or theft bumps the credentials version
+        *before* deleting the user's sessions through the user index. A session stored
+        before that deletion listed the index is deleted by it; one stored after it saw
+        the new version in its check and was ended at once. As a second line (a deletion
+        that failed half-way), each process compares with the user's version as read at
+        most ``version_cache_seconds`` ago. Sessions from before this rule (no profile),
+        sessions restored in this request and ``strict`` callers (the websocket
+        handshake) read the user.
+        """
         if session.user_id is None:
             return None, False
+        if not (strict or session.is_new):
+            cached = cached_user(session)
+            known = self._versions.get(session.user_id)
+            if cached is not None and known is not None and self.manager.clock() - known[1] < self._version_ttl:
+                return cached, known[0] == cached.credentials_version
         user = await self.accounts.users.by_id(session.user_id)
-        return user, login_is_current(session, user)
+        self._remember_version(session.user_id, user)
+        current = login_is_current(session, user)
+        if current and user is not None:
+            cache_profile(session.meta, user)
+        return user, current
+
+    def _remember_version(self, user_id: str, user: User | None) -> None:
+        versions = self._versions
+        if user is None:
+            versions.pop(user_id, None)
+            return
+        if len(versions) >= MAX_CACHED_VERSIONS and user_id not in versions:
+            del versions[next(iter(versions))]  # the oldest entry
+        versions[user_id] = (user.credentials_version, self.manager.clock())
+
+    async def still_current(self, session: Session) -> bool:
+        """The manager's creation check: after the new session is stored, is its login still current?"""
+        if session.user_id is None:
+            return True
+        user = await self.accounts.users.by_id(session.user_id)
+        self._remember_version(session.user_id, user)
+        return login_is_current(session, user)
+
+    async def renamed(self, session: Session, user: User) -> None:
+        """Show the new name in this session and the user's other sessions (best effort)."""
+        session.meta[PROFILE_NAME] = user.name
+        store = self.manager.store
+        for key, record in await store.list_user(user.id, kind="session"):
+            if key == session.key or record.meta.get(PROFILE_NAME) in (None, user.name):
+                continue
+            meta = {**record.meta, PROFILE_NAME: user.name}
+            await store.update(key, set_items={}, unset_keys=(), expires=record.expires, updated=record.updated,
+                               meta=meta)
 
     async def signed_in(
         self, session: Session, *, address: str | None = None, cookies: RequestHandler | None = None
@@ -163,7 +249,8 @@ class AccountSessions:
         meta = session.meta
         meta.login_at = self.manager.clock()
         meta.client(client.ip, client.user_agent)
-        meta.credentials_version = user.credentials_version
+        cache_profile(meta, user)
+        self._remember_version(user.id, user)
         meta[DEVICE] = device
         if remember and self.remember is not None and cookies is not None:
             token_meta = SessionMeta()
@@ -231,7 +318,7 @@ class AccountSessions:
         ended = await self.manager.destroy_user_sessions(changed.id, keep=session)
         session.regenerate(keep_data=True)
         meta = session.meta
-        meta.credentials_version = changed.credentials_version
+        cache_profile(meta, changed)
         meta.reauth_at = self.manager.clock()  # the current password was typed just now
         meta.restored = None
         if self.remember is not None and cookies is not None and cookies.get_cookie(self.remember.cookie_full_name):

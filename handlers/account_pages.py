@@ -267,6 +267,7 @@ class NameForm(AccountPageBase):
         except AccountError as error:
             await self.render_account(error.status, name=values["name"], errors=self.refused(error))
             return
+        await self.account_sessions.renamed(await self.get_session(), user)
         self._now_logged_in(user)
         self.redirect_with_flash("/account", "Your name is changed.")
 

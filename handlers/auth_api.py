@@ -118,6 +118,7 @@ class ProfileAPI(AuthAPIHandler):
         user = await self.require_account()
         data = self.json_body(name=MAX_NAME + 64)
         user = await self.accounts.rename(user, data["name"])
+        await self.account_sessions.renamed(await self.get_session(), user)
         self.write({"user": user.public()})
 
 

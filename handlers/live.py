@@ -108,7 +108,7 @@ class LiveSocket(SecureHeadersMixin, SessionWebSocketMixin):
         # The pages' and the API's rule (accounts.sessions.login_is_current): a user who is
         # gone, or a session from before a password change or with no credentials version
         # at all, is no login.
-        user, current = await service.user_of(self.session)
+        user, current = await service.user_of(self.session, strict=True)  # a socket lives long: read the user
         if user is None or not current:
             log_event(audit_log, logging.INFO, "websocket_refused", reason="stale login",
                       key=short_key(self.session_key), remote=self.request.remote_ip)

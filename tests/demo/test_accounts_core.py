@@ -395,9 +395,36 @@ async def test_log_in_regenerates_keeps_the_visitors_data_and_records_the_client
 async def test_a_stale_login_is_ended_on_sight(accounts, service):
     user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
     session = await logged_in(service, user, "k1")
-    assert await service.signed_in(session) == user
+    signed_in = await service.signed_in(session)
+    assert signed_in is not None and (signed_in.id, signed_in.name) == (user.id, user.name)
     await accounts.revoke_logins(user.id)  # log out everywhere elsewhere: version 2
+    # A session whose profile is not cached (from before the cache, or restored in this
+    # request) reads the user and is ended on sight.
+    for name in ("email", "name", "user_created"):
+        session.meta.pop(name, None)
     assert await service.signed_in(session) is None and session.destroyed
+
+
+@pytest.mark.gen_test
+async def test_a_logged_in_request_reads_the_session_alone(accounts, service, monkeypatch):
+    """The profile and credentials version travel in the session: no user read per request."""
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = await logged_in(service, user, "k1")
+    reads = []
+    real = accounts.users.by_id
+
+    async def counting(user_id):
+        reads.append(user_id)
+        return await real(user_id)
+
+    monkeypatch.setattr(accounts.users, "by_id", counting)
+    for _ in range(3):
+        signed_in = await service.signed_in(session)
+        assert signed_in is not None and signed_in.email == user.email and signed_in.credentials_version == 1
+    assert reads == []
+    assert await service.still_current(session) and reads == [user.id]  # the check after a create
+    await accounts.revoke_logins(user.id)
+    assert not await service.still_current(session)
 
 
 @pytest.mark.gen_test
@@ -499,3 +526,13 @@ async def test_a_login_upgrades_a_hash_made_at_another_cost():
     finally:
         cheap.close()
         dearer.close()
+
+
+@pytest.mark.gen_test
+async def test_a_version_bump_whose_deletion_failed_ends_the_login_within_the_cache_time(accounts, service, clock):
+    """Second line of defence: sessions that a failed deletion left behind stop counting."""
+    user = await accounts.register("ana@example.com", "Ana", PASSWORD, ANA.ip)
+    session = await logged_in(service, user, "k1")
+    await accounts.revoke_logins(user.id)  # bumped; the deletion through the index never ran
+    clock.advance(service.settings.version_cache_seconds + 1)
+    assert await service.signed_in(session) is None and session.destroyed

@@ -46,9 +46,9 @@ def copies(client: Client, new_client, count: int, *, drop=("sid",)) -> list[Cli
     return clones
 
 
-async def remembered_device(new_client, email: str) -> Client:
+async def remembered_device(new_client, email: str, password: str = PASSWORD) -> Client:
     device = new_client()
-    response = await call(device, "POST", "/auth/login", {"email": email, "password": PASSWORD, "remember": True})
+    response = await call(device, "POST", "/auth/login", {"email": email, "password": password, "remember": True})
     assert response.code == 200 and device.jar.cookies.get("remember")
     return device
 
@@ -116,6 +116,27 @@ async def test_restores_racing_theft_detection_do_not_outlive_it(email, client, 
     survivors = [r for r in restorers if await logged_in(r)]
     assert survivors == [], f"{len(survivors)} of {RESTORES} restored sessions outlived theft detection"
     assert not await logged_in(client) and not await logged_in(stolen)
+
+
+@pytest.mark.gen_test(timeout=120)
+@pytest.mark.parametrize("demo_store", ["memory", "sqlite", "redis", "postgres"], indirect=True)
+async def test_restores_racing_a_password_change_do_not_outlive_it(email, client, new_client, demo_store):
+    """One store round trip per logged-in request must not open a window: race them many times."""
+    await register(client, email=email)
+    password = PASSWORD
+    for round_ in range(5):
+        device = await remembered_device(new_client, email, password)
+        restorers = copies(device, new_client, 8)
+        new_password = f"new password number {round_}"
+        results = await asyncio.gather(
+            call(client, "POST", "/auth/password", {"current": password, "new": new_password}),
+            *(r.fetch("/api/counter") for r in restorers),
+        )
+        assert results[0].code == 200, results[0].body
+        password = new_password
+        survivors = [r for r in restorers if await logged_in(r)]
+        assert survivors == [], f"round {round_}: {len(survivors)} restored sessions outlived the change"
+        assert await logged_in(client)  # the browser that changed it stays
 
 
 # -- 2. the password check is no oracle ---------------------------------------------------------
