@@ -42,13 +42,15 @@ accepts a client, database or collection of either driver.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
+import pymongo
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
 from pymongo import AsyncMongoClient, ReturnDocument
@@ -81,6 +83,26 @@ _EPOCH = datetime(1970, 1, 1)
 _CODEC: CodecOptions[dict[str, Any]] = CodecOptions()
 #: Everything the driver raises: network and server errors, and documents it
 #: cannot encode (too large, invalid strings).
+
+_T = TypeVar("_T")
+
+
+def _bounded(method: Callable[..., Coroutine[Any, Any, _T]]) -> Callable[..., Coroutine[Any, Any, _T]]:
+    """Run a store operation under ``pymongo.timeout(store.operation_timeout)``.
+
+    Socket timeouts alone let one call add server selection, a new connection's
+    handshake and the command: a hung server answered in three times the timeout.
+    (Motor runs operations in threads, where this has no effect; its socket timeouts
+    still apply.)
+    """
+
+    @functools.wraps(method)
+    async def bounded(store: Any, *args: Any, **kwargs: Any) -> _T:
+        with pymongo.timeout(store.operation_timeout):
+            return await method(store, *args, **kwargs)
+
+    return bounded
+
 _errors = DriverErrors("mongodb", (PyMongoError, BSONError))
 #: Server error codes meaning "an index on these keys already exists with other
 #: options or another name" (IndexOptionsConflict, IndexKeySpecsConflict).
@@ -190,6 +212,9 @@ class MongoStore(Store):
             raise ValueError(f"expiry_mode must be auto, native or interval, not {expiry_mode!r}")
         if prune_interval <= 0:
             raise ValueError("prune_interval must be positive")
+        #: The whole of one operation (server selection, connecting, the command and any
+        #: retry) within this many seconds: PyMongo's client-side operation timeout.
+        self.operation_timeout = float(DEFAULT_TIMEOUT if socket_timeout is None else socket_timeout)
         self.expiry_mode: ExpiryMode = expiry_mode
         #: "native" or "interval" once :meth:`setup` has run; None before.
         self.expiry_mode_in_force: Literal["native", "interval"] | None = None
@@ -257,6 +282,7 @@ class MongoStore(Store):
         return self._collection.database
 
     @_errors.ready_first
+    @_bounded
     async def setup(self) -> None:
         """Create the indexes and choose the expiry mode now rather than on first use.
 
@@ -266,6 +292,7 @@ class MongoStore(Store):
     # -- Store interface -----------------------------------------------------
 
     @_errors.ready_first
+    @_bounded
     async def load(self, key: str) -> Record | None:
         # Fetch by _id alone and check expiry here: an _id-only query is the fastest
         # path on MongoDB (and the only one FerretDB's SQLite backend pushes down),
@@ -279,6 +306,7 @@ class MongoStore(Store):
         return record
 
     @_errors.ready_first
+    @_bounded
     async def create(self, key: str, record: Record) -> None:
         doc: dict[str, Any] = {
             "_id": key,
@@ -296,6 +324,7 @@ class MongoStore(Store):
         await self._collection.replace_one({"_id": key}, doc, upsert=True)
 
     @_errors.ready_first
+    @_bounded
     async def update(
         self,
         key: str,
@@ -332,6 +361,7 @@ class MongoStore(Store):
         return result.matched_count == 1
 
     @_errors.ready_first
+    @_bounded
     async def take(self, key: str, names: Iterable[str]) -> dict[str, str] | None:
         """One ``find_one_and_update``: the server unsets the fields and hands back their old values.
 
@@ -354,6 +384,7 @@ class MongoStore(Store):
         return {unescape_mongo_field(k): v for k, v in (before.get("data") or {}).items() if k in wanted}
 
     @_errors.ready_first
+    @_bounded
     async def touch(self, key: str, *, expires: float, updated: float) -> bool:
         result = await self._collection.update_one(
             {"_id": key, "expires": {"$gt": _to_datetime(self.clock())}},
@@ -362,16 +393,19 @@ class MongoStore(Store):
         return result.matched_count == 1
 
     @_errors.ready_first
+    @_bounded
     async def destroy(self, key: str) -> None:
         await self._collection.delete_one({"_id": key})
 
     @_errors.ready_first
+    @_bounded
     async def destroy_user(self, user_id: str, *, keep: str | None = None) -> int:
         """Delete through the ``user_id`` index; expired, unpruned sessions go too."""
         result = await self._collection.delete_many(self._user_query(user_id, keep=keep))
         return result.deleted_count
 
     @_errors.ready_first
+    @_bounded
     async def list_user(self, user_id: str, *, kind: str | None = None) -> list[tuple[str, Record]]:
         now = self.clock()
         cursor = self._collection.find({"user_id": user_id, "expires": {"$gt": _to_datetime(now)}})
@@ -383,6 +417,7 @@ class MongoStore(Store):
         return items
 
     @_errors.ready_first
+    @_bounded
     async def hit(self, name: str, window: float) -> tuple[int, float]:
         """One upserting ``find_one_and_update`` with ``$inc``: atomic on the server."""
         slot, end = window_bounds(self.clock(), window)
@@ -396,16 +431,19 @@ class MongoStore(Store):
         return int(doc["hits"]), end
 
     @_errors.ready_first
+    @_bounded
     async def reset_hits(self, name: str, window: float) -> None:
         slot, _ = window_bounds(self.clock(), window)
         await self._collection.delete_one({"_id": f"hits|{slot}|{name}"})
 
     @_errors.ready_first
+    @_bounded
     async def prune(self) -> int:
         result = await self._collection.delete_many({"expires": {"$lte": _to_datetime(self.clock())}})
         return result.deleted_count
 
     @_errors.ready_first
+    @_bounded
     async def alive(self, keys: Iterable[str]) -> set[str]:
         """One ``find`` with ``$in`` on ``_id`` and ``expires`` after now, projecting ``_id`` only."""
         wanted = list(dict.fromkeys(keys))
@@ -423,6 +461,7 @@ class MongoStore(Store):
         return MongoBus(self._collection.database[f"{self._collection.name}_events"])
 
     @_errors
+    @_bounded
     async def ping(self) -> None:
         await self._collection.database.command("ping")
 
