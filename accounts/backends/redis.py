@@ -65,6 +65,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from sessions import Store, StoreError
+from sessions.stores.plumbing import DriverErrors
 from sessions.stores.redis import DEFAULT_PREFIX, RedisStore
 
 from ..users import EmailTaken, User, UserRepository
@@ -75,6 +76,8 @@ __all__ = ["DEFAULT_CLAIM_GRACE", "RedisUsers"]
 DEFAULT_CLAIM_GRACE = 60.0
 
 _ERRORS = (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError)
+#: The library's translation, incl. redis-py's cluster AttributeError on a closed connection.
+_DRIVER = DriverErrors("redis users", _ERRORS, driver_bugs=(AttributeError,), driver_package="redis")
 _T = TypeVar("_T")
 
 #: CLAIM: KEYS[1] email key; ARGV: id, grace_ms, expected ('' for "must not exist",
@@ -318,7 +321,11 @@ class RedisUsers(UserRepository):
                 await self._connect()
             return await command()
         except _ERRORS as exc:
-            raise StoreError(f"redis users {op} failed: {type(exc).__name__}: {exc}") from exc
+            raise _DRIVER.translate(op, exc) from exc
+        except AttributeError as exc:
+            if not _DRIVER.raised_in_driver(exc):
+                raise
+            raise _DRIVER.translate(op, exc) from exc
 
     @staticmethod
     def _user(user_id: str, fields: Mapping[Any, Any]) -> User | None:

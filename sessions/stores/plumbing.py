@@ -47,9 +47,31 @@ class DriverErrors:
     ``__cause__`` for whoever logs it with its traceback. Other exceptions pass through.
     """
 
-    def __init__(self, store: str, errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self,
+        store: str,
+        errors: tuple[type[BaseException], ...],
+        *,
+        driver_bugs: tuple[type[BaseException], ...] = (),
+        driver_package: str | None = None,
+    ) -> None:
+        """``driver_bugs``: exception types that count as a driver failure too, but only when
+        raised inside ``driver_package`` (a driver's own bug under a failing server, such
+        as redis-py's cluster client touching a connection another task just closed)."""
         self.store = store
         self.errors = errors
+        self.driver_bugs = driver_bugs
+        self._package_marker = f"/{driver_package}/" if driver_package else None
+
+    def raised_in_driver(self, exc: BaseException) -> bool:
+        """True when the innermost frame of ``exc``'s traceback is in the driver's package."""
+        marker = self._package_marker
+        tb = exc.__traceback__
+        if marker is None or tb is None:
+            return False
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        return marker in tb.tb_frame.f_code.co_filename.replace("\\", "/")
 
     def translate(self, op: str, exc: BaseException) -> StoreError:
         """The StoreError for ``exc`` raised during ``op`` (raise it ``from exc``)."""
@@ -64,6 +86,10 @@ class DriverErrors:
             try:
                 return await method(*args, **kwargs)
             except self.errors as exc:
+                raise self.translate(op, exc) from exc
+            except self.driver_bugs as exc:
+                if not self.raised_in_driver(exc):
+                    raise
                 raise self.translate(op, exc) from exc
 
         return translated

@@ -98,7 +98,13 @@ DEFAULT_INDEX_SLACK = 3600.0
 _INDEX_ATTEMPTS = 4
 
 _DATA = "d:"
-_errors = DriverErrors("redis", (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError))
+_errors = DriverErrors(
+    "redis", (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError),
+    # redis-py's cluster client, with a node going down under concurrent calls, can touch
+    # a connection another task just closed ("'NoneType' object has no attribute
+    # 'writelines'"): a failed call to the store, not a bug of ours.
+    driver_bugs=(AttributeError,), driver_package="redis",
+)
 
 # -- Lua scripts ------------------------------------------------------------------
 # Every script touches only the keys in KEYS, all in one slot. Times arrive as

@@ -396,3 +396,29 @@ async def test_unreachable_server_is_a_store_error_quickly() -> None:
                 await call
         assert time.monotonic() - started < 5
         await store.close()
+
+
+@pytest.mark.gen_test
+async def test_a_driver_bug_under_a_failing_server_is_a_store_error_not_a_500():
+    """redis-py's cluster client can raise AttributeError on a connection another task closed;
+    inside the driver that is a failed store call (StoreError, 503), anywhere else our bug."""
+    from sessions import StoreError
+    from sessions.stores.plumbing import DriverErrors
+
+    errors = DriverErrors("redis", (ConnectionError,), driver_bugs=(AttributeError,), driver_package="redis")
+    driver: dict = {}
+    exec(compile("def send(writer):\n    writer.writelines([b'x'])\n", "/site-packages/redis/asyncio/connection.py",
+                 "exec"), driver)
+
+    @errors
+    async def load():
+        driver["send"](None)
+
+    @errors
+    async def ours():
+        None.writelines([b"x"])  # type: ignore[attr-defined]
+
+    with pytest.raises(StoreError, match="redis load failed: AttributeError"):
+        await load()
+    with pytest.raises(AttributeError):
+        await ours()
