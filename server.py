@@ -26,6 +26,7 @@ import socket
 import stat
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="tornado-sessions demo server", epilog=HELP_EPILOG, formatter_class=DefaultsHelpFormatter
     )
+    _add_deployment_options(parser, env)
+    _add_account_options(parser, env)
+    _add_timing_options(parser, env)
+    return parser
+
+
+def _add_deployment_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Where it listens, where its data lives, behind what, and how many processes."""
     parser.add_argument("--host", default=env.get("HOST", "127.0.0.1"), help="listen address [HOST]")
     parser.add_argument("--port", type=int, default=int(env.get("PORT", "8888")), help="listen port [PORT]")
     parser.add_argument(
@@ -393,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(env.get("PROCESSES", "1")),
         help="worker processes on one port (0: one per core); state is shared through the store [PROCESSES]",
     )
+
+
+def _add_account_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Passwords, the session cap, address binding, rate limits, remember-me and step-up."""
     parser.add_argument(
         "--bcrypt-cost", type=int, default=int(env.get("BCRYPT_COST", str(DEFAULT_COST))),
         help="bcrypt work factor: 12 takes about a quarter second per hash [BCRYPT_COST]",
@@ -430,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--reauth-after", type=float, default=float(env.get("REAUTH_AFTER", "900")),
         help="sensitive actions need the password typed within this many seconds [REAUTH_AFTER]",
     )
+
+
+def _add_timing_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Session timeouts and the websocket re-check and warning."""
     parser.add_argument(
         "--ws-recheck", type=float, default=float(env.get("WS_RECHECK", str(DEFAULT_RECHECK_INTERVAL))),
         metavar="SECONDS",
@@ -453,7 +470,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the live page warns this long before the idle deadline, with a button that extends the "
         f"session [EXPIRY_WARNING]; default: {DEFAULT_EXPIRY_WARNING:g}",
     )
-    return parser
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[argparse.Namespace, DemoConfig]:
