@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 
 from ..bus import PROCESS_ID, BusEvent, Deliver, EventBus, MalformedEvent
+from ..stores.pruning import stop_task
 
 __all__ = ["ListeningBus", "one_line"]
 
@@ -112,12 +113,7 @@ class ListeningBus(EventBus):
         """Stop the listener and close its connection (idempotent)."""
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
         self.connected = False
         await self._disconnect_quietly()
 
