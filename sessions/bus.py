@@ -36,9 +36,21 @@ KINDS: Final = frozenset({"session_ended", "session_renamed", "user_sessions_end
 #: Largest encoded event: PostgreSQL's NOTIFY takes at most 8,000 bytes of payload.
 MAX_EVENT_BYTES = 7000
 
-#: This process among all the deployment's processes (events it published come back
-#: to it on most buses; it handled them already when it published).
-PROCESS_ID: Final = f"{os.getpid()}-{secrets.token_hex(4)}"
+_identity: tuple[int, str] = (0, "")
+
+
+def process_id() -> str:
+    """This process among all the deployment's processes (events it published come back
+    to it on most buses; it handled them already when it published).
+
+    Worked out again after a fork: ``server.py --processes N`` imports this module in
+    the parent, and each worker must be told apart from its siblings.
+    """
+    global _identity
+    pid = os.getpid()
+    if _identity[0] != pid:
+        _identity = (pid, f"{pid}-{secrets.token_hex(4)}")
+    return _identity[1]
 
 
 class MalformedEvent(ValueError):
@@ -63,7 +75,7 @@ class BusEvent:
     keep: str | None = None
     channel: str | None = None
     payload: Mapping[str, Any] | None = None
-    origin: str = field(default=PROCESS_ID)
+    origin: str = field(default_factory=process_id)
 
     def encode(self) -> str:
         """Compact JSON; raises MalformedEvent over :data:`MAX_EVENT_BYTES`."""
@@ -151,7 +163,7 @@ class EventBus(abc.ABC):
         except MalformedEvent as exc:
             log.warning("session event dropped: %s", exc)
             return
-        if event.origin == PROCESS_ID:
+        if event.origin == process_id():
             return
         try:
             deliver(event)

@@ -5,7 +5,7 @@ not depend on the server:
 
 * its **origin**: events it publishes carry it, and events that come back with it
   are not delivered (this process handled them when it published). It is
-  :data:`~sessions.bus.PROCESS_ID` unless told otherwise, which is how a test runs
+  :func:`~sessions.bus.process_id` (worked out per process, after a fork too) unless told otherwise, which is how a test runs
   two "processes" in one.
 * a **listener task** that connects, listens until the connection fails, then
   reconnects with exponential backoff (with jitter, up to ``retry_max`` seconds) and
@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Callable
 
-from ..bus import PROCESS_ID, BusEvent, Deliver, EventBus, MalformedEvent
+from ..bus import BusEvent, Deliver, EventBus, MalformedEvent, process_id
 from ..stores.pruning import stop_task
 
 __all__ = ["ListeningBus", "one_line"]
@@ -57,14 +57,14 @@ class ListeningBus(EventBus):
     def __init__(
         self,
         *,
-        origin: str = PROCESS_ID,
+        origin: str | None = None,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
     ) -> None:
         if retry_min <= 0 or retry_max < retry_min:
             raise ValueError("retry_min must be positive and retry_max at least retry_min")
         #: Published events carry it; received events carrying it are not delivered.
-        self.origin = origin
+        self._origin = origin
         self.retry_min = float(retry_min)
         self.retry_max = float(retry_max)
         #: True while the listening connection is up.
@@ -78,6 +78,16 @@ class ListeningBus(EventBus):
         self._closed = False
 
     # -- EventBus ----------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        """What this bus's events carry: the given origin, else this process's id (asked each
+        time, so a bus made before ``fork()`` still tells the workers apart)."""
+        return self._origin if self._origin is not None else process_id()
+
+    @origin.setter
+    def origin(self, value: str) -> None:
+        self._origin = value
 
     async def start(self, deliver: Deliver, on_resync: Callable[[], None]) -> None:
         """Connect and subscribe, then listen in a task; a server that is down is retried there."""

@@ -41,7 +41,6 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-from ..bus import PROCESS_ID
 from .listening import DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, ListeningBus, one_line
 
 __all__ = ["MongoBus"]
@@ -78,7 +77,7 @@ class MongoBus(ListeningBus):
         interval: float = DEFAULT_INTERVAL,
         retention: float = DEFAULT_RETENTION,
         gap_grace: float = DEFAULT_GAP_GRACE,
-        origin: str = PROCESS_ID,
+        origin: str | None = None,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
     ) -> None:

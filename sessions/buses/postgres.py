@@ -30,7 +30,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..bus import PROCESS_ID
 from .listening import DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, ListeningBus
 
 __all__ = ["PostgresBus", "channel_for"]
@@ -82,7 +81,7 @@ class PostgresBus(ListeningBus):
         *,
         keepalive: float = DEFAULT_KEEPALIVE,
         timeout: float = DEFAULT_TIMEOUT,
-        origin: str = PROCESS_ID,
+        origin: str | None = None,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
     ) -> None:

@@ -51,7 +51,6 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..bus import PROCESS_ID
 from .listening import DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, ListeningBus
 
 __all__ = ["ClusterMode", "RedisBus"]
@@ -83,7 +82,7 @@ class RedisBus(ListeningBus):
         ready: Callable[[], Awaitable[None]] | None = None,
         keepalive: float = DEFAULT_KEEPALIVE,
         timeout: float = DEFAULT_TIMEOUT,
-        origin: str = PROCESS_ID,
+        origin: str | None = None,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
     ) -> None:

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from ..bus import PROCESS_ID
 from .listening import DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, ListeningBus
 
 __all__ = ["SQLiteBus"]
@@ -75,7 +74,7 @@ class SQLiteBus(ListeningBus):
         interval: float = DEFAULT_INTERVAL,
         retention: float = DEFAULT_RETENTION,
         timeout: float = 5.0,
-        origin: str = PROCESS_ID,
+        origin: str | None = None,
         retry_min: float = DEFAULT_RETRY_MIN,
         retry_max: float = DEFAULT_RETRY_MAX,
     ) -> None:

@@ -1,7 +1,7 @@
 """The session event buses of every store, against real servers.
 
 Two buses of one store stand for two processes: each gets an origin of its own
-(``bus.origin``), as two processes would have two PROCESS_IDs. Events are awaited
+(``bus.origin``), as two processes would have two process ids. Events are awaited
 (futures), never slept for; "not delivered" is shown by a later event arriving
 first-in-order after it. Per-store delivery latency is printed (``-s`` shows it),
 not asserted.
@@ -708,3 +708,23 @@ async def test_mongo_falls_back_to_polling_when_watch_is_refused() -> None:
         assert "watch() refused" in bus.describe() and "40573" not in bus.name
     finally:
         await bus.close()
+
+
+def test_each_forked_worker_has_its_own_process_id():
+    """server.py --processes N imports sessions.bus before the fork: siblings must differ."""
+    import os
+
+    from sessions.bus import BusEvent, process_id
+
+    parent = process_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its id and the default origin of a new event
+        os.write(write, f"{process_id()} {BusEvent('session_ended', key='k').origin}".encode())
+        os._exit(0)
+    os.close(write)
+    child_id, child_origin = os.read(read, 200).decode().split()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child_id != parent and child_origin == child_id
+    assert process_id() == parent  # stable within a process
