@@ -73,7 +73,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -98,6 +98,9 @@ DEFAULT_INDEX_SLACK = 3600.0
 _INDEX_ATTEMPTS = 4
 
 _DATA = "d:"
+#: Connections a standalone store's pool opens at most (requests beyond wait for one).
+DEFAULT_MAX_CONNECTIONS = 64
+
 _errors = DriverErrors(
     "redis", (RedisError, RedisClusterException, OSError, UnicodeError, TimeoutError),
     # redis-py's cluster client, with a node going down under concurrent calls, can touch
@@ -308,7 +311,11 @@ class RedisStore(Store):
             return RedisCluster.from_url(plain, **options)
         if scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"not a Redis URL: {url!r}")
-        return Redis.from_url(url, **options)
+        # A burst of requests waits (up to the timeout) for one of the pool's connections
+        # instead of failing at once with "Too many connections" (a 503 for nothing).
+        options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
+        pool = BlockingConnectionPool.from_url(url, timeout=timeout, **options)
+        return Redis(connection_pool=pool)
 
     async def ensure_connected(self) -> None:
         """Let a cluster client discover the cluster once, before any other command.
