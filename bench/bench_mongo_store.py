@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pymongo import AsyncMongoClient  # noqa: E402
 
-from sessions.stores.base import Record  # noqa: E402
+from sessions.stores.base import Record, Store  # noqa: E402
 from sessions.stores.mongo import MongoStore  # noqa: E402
 from tests.fixtures.mongo_fixture import start_mongo_server  # noqa: E402
 
@@ -137,7 +137,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def seed(store: MongoStore, count: int) -> list[str]:
+async def seed(store: Store, count: int) -> list[str]:
     keys = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(count)]
     now = time.time()
     for i, key in enumerate(keys):
@@ -148,6 +148,34 @@ async def seed(store: MongoStore, count: int) -> list[str]:
     return keys
 
 
+async def paired_rounds(
+    ops: dict[tuple[str, str], Op], keys: list[str], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Load and save, raw against store: a warm-up, then ``args.runs`` rounds of latency and
+    throughput on a sample of ``args.ops`` keys; the median of each figure over the rounds."""
+    rng = random.Random(1)
+    sample = [rng.choice(keys) for _ in range(args.ops)]
+    for op in ("load", "save"):
+        await paired_latency(ops[op, "raw"], ops[op, "store"], sample[: args.warmup])
+    results: dict[tuple[str, str], dict[str, list[float]]] = {
+        name: {"p50": [], "p99": [], "cpu": [], "ops": []} for name in ops
+    }
+    for _ in range(args.runs):
+        for op in ("load", "save"):
+            paired = await paired_latency(ops[op, "raw"], ops[op, "store"], sample)
+            for impl, timings in paired.items():
+                results[op, impl]["p50"].append(statistics.median(timings["wall"]))
+                results[op, impl]["p99"].append(percentile(timings["wall"], 0.99))
+                results[op, impl]["cpu"].append(statistics.mean(timings["cpu"]))
+            rates = await paired_throughput(ops[op, "raw"], ops[op, "store"], sample, args.concurrency)
+            for impl, rate in rates.items():
+                results[op, impl]["ops"].append(rate)
+    return {
+        f"{op}/{impl}": {metric: statistics.median(values) for metric, values in figures.items()}
+        for (op, impl), figures in results.items()
+    }
+
+
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     database = f"bench_{uuid.uuid4().hex[:12]}"
     client: AsyncMongoClient = AsyncMongoClient(url, serverSelectionTimeoutMS=5000)
@@ -156,26 +184,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         await store.setup()
         keys = await seed(store, args.sessions)
-        ops = make_ops(store, client, database)
-        rng = random.Random(1)
-        sample = [rng.choice(keys) for _ in range(args.ops)]
-        warm = sample[: args.warmup]
-        for op in ("load", "save"):
-            await paired_latency(ops[op, "raw"], ops[op, "store"], warm)
-
-        results: dict[tuple[str, str], dict[str, list[float]]] = {
-            name: {"p50": [], "p99": [], "cpu": [], "ops": []} for name in ops
-        }
-        for _ in range(args.runs):
-            for op in ("load", "save"):
-                paired = await paired_latency(ops[op, "raw"], ops[op, "store"], sample)
-                for impl, timings in paired.items():
-                    results[op, impl]["p50"].append(statistics.median(timings["wall"]))
-                    results[op, impl]["p99"].append(percentile(timings["wall"], 0.99))
-                    results[op, impl]["cpu"].append(statistics.mean(timings["cpu"]))
-                rates = await paired_throughput(ops[op, "raw"], ops[op, "store"], sample, args.concurrency)
-                for impl, rate in rates.items():
-                    results[op, impl]["ops"].append(rate)
+        results = await paired_rounds(make_ops(store, client, database), keys, args)
         return {
             "server": (await client.admin.command("buildInfo")).get("version"),
             "ferretdb": "ferretdbVersion" in (await client.admin.command("buildInfo")),
@@ -183,10 +192,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "ops_per_run": args.ops,
             "runs": args.runs,
             "concurrency": args.concurrency,
-            "results": {
-                f"{op}/{impl}": {metric: statistics.median(values) for metric, values in figures.items()}
-                for (op, impl), figures in results.items()
-            },
+            "results": results,
         }
     finally:
         await store.close()

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
-import random
-import statistics
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from bench_mongo_store import paired_latency, paired_throughput, percentile  # noqa: E402
+from bench_mongo_store import paired_rounds, seed  # noqa: E402
 
-from sessions.stores.base import Record, Store  # noqa: E402
+from sessions.stores.base import Store  # noqa: E402
 from sessions.stores.postgres import PostgresStore  # noqa: E402
 from sessions.stores.redis import RedisStore  # noqa: E402
 from tests.fixtures.postgres_fixture import PostgresServer  # noqa: E402
@@ -98,36 +98,6 @@ def _with_store_ops(store: Store, raw_load: Op, raw_save: Op) -> dict[tuple[str,
             ("save", "raw"): raw_save, ("save", "store"): store_save}  # fmt: skip
 
 
-async def seed(store: Store, count: int) -> list[str]:
-    keys = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(count)]
-    now = time.time()
-    for i, key in enumerate(keys):
-        data = {"user": f'"user{i}"', "csrf": f'"{uuid.uuid4().hex}"', "cart": "[1, 2, 3]", "flash": "[]"}
-        await store.create(key, Record(data, now, now, now + 3600, f"user{i}"))
-    return keys
-
-
-async def measure(store: Store, ops: dict[tuple[str, str], Op], args: argparse.Namespace) -> dict[str, Any]:
-    await store.setup()
-    keys = await seed(store, args.sessions)
-    rng = random.Random(1)
-    sample = [rng.choice(keys) for _ in range(args.ops)]
-    for op in ("load", "save"):
-        await paired_latency(ops[op, "raw"], ops[op, "store"], sample[: args.warmup])
-    results: dict[tuple[str, str], dict[str, list[float]]] = {n: {"p50": [], "p99": [], "cpu": [], "ops": []} for n in ops}
-    for _ in range(args.runs):
-        for op in ("load", "save"):
-            paired = await paired_latency(ops[op, "raw"], ops[op, "store"], sample)
-            for impl, timings in paired.items():
-                results[op, impl]["p50"].append(statistics.median(timings["wall"]))
-                results[op, impl]["p99"].append(percentile(timings["wall"], 0.99))
-                results[op, impl]["cpu"].append(statistics.mean(timings["cpu"]))
-            rates = await paired_throughput(ops[op, "raw"], ops[op, "store"], sample, args.concurrency)
-            for impl, rate in rates.items():
-                results[op, impl]["ops"].append(rate)
-    return {f"{op}/{impl}": {m: statistics.median(v) for m, v in figures.items()} for (op, impl), figures in results.items()}
-
-
 async def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
     store: Store
     if name == "postgres":
@@ -137,7 +107,8 @@ async def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str
         rs = RedisStore(url, prefix=f"bench-{uuid.uuid4().hex[:8]}:")
         store, ops = rs, redis_ops(rs)
     try:
-        return await measure(store, ops, args)
+        await store.setup()
+        return await paired_rounds(ops, await seed(store, args.sessions), args)
     finally:
         await store.close()
 
@@ -155,6 +126,23 @@ def report(name: str, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def running(server: Any, stop: str = "stop") -> Iterator[str]:
+    """A started server's URL; the server is stopped (``stop`` names the method) after."""
+    try:
+        yield server.url
+    finally:
+        getattr(server, stop)()
+
+
+#: Each backend's private server for the run, yielding its URL.
+SERVERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
+    "redis": lambda folder: running(RedisServerProcess(folder).start()),
+    "cluster": lambda folder: running(RedisCluster(folder).start()),
+    "postgres": lambda folder: running(PostgresServer().start(), stop="destroy"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="redis,cluster,postgres")
@@ -166,30 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     summary: dict[str, Any] = {}
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="bench-stores-") as tmp:
         for name in args.only.split(","):
-            if name == "redis":
-                server = RedisServerProcess(Path(tmp) / "redis").start()
-                try:
-                    summary[name] = asyncio.run(run_backend(name, server.url, args))
-                finally:
-                    server.stop()
-            elif name == "cluster":
-                cluster = RedisCluster(Path(tmp) / "cluster").start()
-                try:
-                    summary[name] = asyncio.run(run_backend(name, cluster.url, args))
-                finally:
-                    cluster.stop()
-            elif name == "postgres":
-                pg = PostgresServer().start()
-                try:
-                    summary[name] = asyncio.run(run_backend(name, pg.url, args))
-                finally:
-                    pg.destroy()
-            else:
+            if name not in SERVERS:
                 parser.error(f"unknown backend {name!r}")
+            with SERVERS[name](Path(tmp) / name) as url:
+                summary[name] = asyncio.run(run_backend(name, url, args))
             print(report(name, summary[name]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

@@ -84,7 +84,7 @@ from tornado.httpclient import AsyncHTTPClient  # noqa: E402
 from tornado.netutil import DefaultLoopResolver, OverrideResolver  # noqa: E402
 
 from sessions.keys import generate_key  # noqa: E402
-from tests.fixtures.support import Client, CookieJar, free_port  # noqa: E402
+from tests.fixtures.support import Client, CookieJar, free_port, stop_process  # noqa: E402
 
 PASSWORD = "bench-ws-password-0123"
 SOCKETS_PER_SESSION = 8  # library cap: 8 per session
@@ -458,14 +458,7 @@ class DemoServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace=30)
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):

@@ -398,6 +398,11 @@ class Soak:
         jar.cookies["_xsrf"] = self.xsrf
         return jar
 
+    async def login(self, conn: KeepAliveConnection, jar: CookieJar, email: str) -> tuple[int, bytes]:
+        return await self.call(
+            conn, jar, "POST /auth/login", "POST", "/auth/login", json_body={"email": email, "password": PASSWORD}
+        )
+
     async def make_user(self, conn: KeepAliveConnection, name: str) -> CookieJar:
         """Register, then log in (a fresh jar): the jar holds the login's session."""
         email = f"{name}@soak.example"
@@ -412,14 +417,7 @@ class Soak:
         if status != 201:
             raise RuntimeError(f"register {name}: {status} {body[:200]!r}")
         jar = self.new_jar()
-        status, body = await self.call(
-            conn,
-            jar,
-            "POST /auth/login",
-            "POST",
-            "/auth/login",
-            json_body={"email": email, "password": PASSWORD},
-        )
+        status, body = await self.login(conn, jar, email)
         if status != 200 or "sid" not in jar.cookies:
             raise RuntimeError(f"login {name}: {status} {body[:200]!r}")
         return jar
@@ -530,14 +528,7 @@ class Soak:
                 elif op == "relogin":
                     await self.call(conn, jar, "POST /auth/logout", "POST", "/auth/logout")
                     logged_in = False
-                    status, _ = await self.call(
-                        conn,
-                        jar,
-                        "POST /auth/login",
-                        "POST",
-                        "/auth/login",
-                        json_body={"email": email, "password": PASSWORD},
-                    )
+                    status, _ = await self.login(conn, jar, email)
                     logged_in = status == 200
                 elif op == "flash":
                     message = f"soak flash {n}-{serial}"

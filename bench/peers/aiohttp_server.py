@@ -15,12 +15,17 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
+import sys
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp_session import AbstractStorage, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from aiohttp_session.redis_storage import RedisStorage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.harness import until_stopped  # noqa: E402
 
 COOKIE = "sid"
 
@@ -71,11 +76,7 @@ async def serve(host: str, port: int, storage_name: str, redis_url: str | None) 
     site = web.TCPSite(runner, host, port)
     await site.start()
     print(f"aiohttp peer (aiohttp-session, {storage_name}) on http://{host}:{port}/", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await runner.cleanup()
     if client is not None:
         await client.aclose()

@@ -40,15 +40,11 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,11 +53,21 @@ PEERS = Path(__file__).resolve().parent
 ROOT = PEERS.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
+from bench.harness import (  # noqa: E402
+    cores,
+    cpu_model,
+    databases,
+    pair,
+    pinned,
+    request,
+    run_measured,
+    stop_servers,
+    verdict,
+)
 from tests.fixtures.support import cookies_from, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "peers.json"
-WRK_SCRIPT = PEERS / "wrk.lua"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SERVER_ENV_DROP = (
     "SESSION_STORE",
     "MONGODB_URL",
@@ -200,8 +206,6 @@ class Server:
         return ""
 
 
-def pinned(cmd: list[str], core: int | None) -> list[str]:
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
 
 
 def start_server(
@@ -218,29 +222,8 @@ def start_server(
     return Server(spec, port, proc, log_path)
 
 
-def stop_servers(servers: list[Server]) -> None:
-    for server in servers:
-        if server.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                server.proc.send_signal(signal.SIGTERM)
-    for server in servers:
-        try:
-            server.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(timeout=5)
 
 
-def request(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, str, list[str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace"), resp.headers.get_all("Set-Cookie") or []
-    finally:
-        conn.close()
 
 
 def wait_ready(server: Server, timeout: float = 20.0) -> None:
@@ -281,133 +264,32 @@ def prepare(server: Server) -> None:
         raise RuntimeError(f"{name}: POST {p}/login gave {status} {body[:200]!r}, cookies {set_cookie}")
 
 
-@contextlib.contextmanager
-def databases(names: set[str], tmp: Path, core: int | None) -> Iterator[dict[str, str]]:
-    """Redis, a three-node Redis Cluster and PostgreSQL as needed, pinned to wrk's core.
-
-    Pinned by their own process ids (never by name: other people's servers may run).
-    """
-    from tests.fixtures.postgres_fixture import PostgresServer
-    from tests.fixtures.redis_fixture import RedisCluster, RedisServerProcess
-
-    started: list[Any] = []
-    urls: dict[str, str] = {}
-    pids: list[str] = []
-    try:
-        if "redis" in names:
-            redis = RedisServerProcess(tmp / "redis").start()
-            started.append(redis)
-            urls["redis"] = redis.url
-            pids += _pids(f"redis-server 127.0.0.1:{redis.port}")
-        if "redis_cluster" in names:
-            cluster = RedisCluster(tmp / "redis-cluster").start()
-            started.append(cluster)
-            urls["redis_cluster"] = cluster.url
-            for node in cluster.servers:
-                pids += _pids(f"redis-server 127.0.0.1:{node.port}")
-        if "postgres" in names:
-            pg = PostgresServer()
-            started.append(pg)
-            pg.start()
-            urls["postgres"] = pg.url
-            postmaster = (pg.data_dir / "postmaster.pid").read_text().split()[0]
-            pids += [
-                postmaster,
-                *subprocess.run(["pgrep", "-P", postmaster], capture_output=True, text=True).stdout.split(),
-            ]
-        DATABASE_PIDS[:] = [int(p) for p in pids]
-        if "postgres" in names:
-            POSTMASTERS[:] = [int(postmaster)]
-        if core is not None:
-            for pid in pids:
-                subprocess.run(["taskset", "-apc", str(core), pid], capture_output=True, check=False)
-        yield urls
-    finally:
-        for server in reversed(started):
-            with contextlib.suppress(Exception):
-                (server.destroy if hasattr(server, "destroy") else server.stop)()
 
 
-def _pids(pattern: str) -> list[str]:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
 
 
-#: Process ids of the database servers this run started (PostgreSQL: the postmaster,
-#: whose backends are counted when each run starts and ends), so that their CPU is not
-#: reported as other people's load.
-DATABASE_PIDS: list[int] = []
-POSTMASTERS: list[int] = []
 
 
-def database_cpu_seconds() -> float:
-    pids = set(DATABASE_PIDS)
-    for postmaster in POSTMASTERS:
-        out = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout
-        pids.update(int(p) for p in out.split())
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(pid)
-    return total
 
 
 # -- measuring ---------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def busy_cpu_seconds() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
 
 
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+
+
 
 
 def run_wrk(
     server: Server, method: str, path: str, cookie: bool, seconds: int, connections: int, core: int | None
 ) -> dict[str, Any]:
     """One wrk run; refuses results with any non-2xx answer or socket error."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
-    if cookie:
-        cmd += ["-H", f"Cookie: {server.cookie}"]
-    cmd.append(f"http://127.0.0.1:{server.port}{path}")
-    cpu0, busy0, wrk0, db0 = (
-        cpu_seconds(server.proc.pid),
-        busy_cpu_seconds(),
-        children_cpu_seconds(),
-        database_cpu_seconds(),
-    )
-    proc = subprocess.run(
-        pinned(cmd, core), env={**os.environ, "BENCH_METHOD": method}, capture_output=True, text=True,
-        timeout=seconds + 30,
+    return harness.run_wrk(
+        f"http://127.0.0.1:{server.port}{path}", pid=server.proc.pid, method=method,
+        headers={"Cookie": server.cookie} if cookie else {}, label=f"{server.spec.name} {path}",
+        seconds=seconds, connections=connections, core=core,
     )  # fmt: skip
-    cpu_used = cpu_seconds(server.proc.pid) - cpu0
-    db_used = database_cpu_seconds() - db0  # backends that exited in between are missed: small
-    foreign = busy_cpu_seconds() - busy0 - cpu_used - (children_cpu_seconds() - wrk0) - db_used
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result:\n{proc.stdout}")
-    raw = json.loads(line[len("BENCH_JSON ") :])
-    if any(raw["errors"].values()):
-        raise RuntimeError(
-            f"{server.spec.name} {method} {path}: wrk saw errors {raw['errors']}; figures invalid"
-        )
-    elapsed = raw["duration_us"] / 1e6
-    return {
-        "rps": raw["requests"] / elapsed,
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "requests": raw["requests"],
-        "server_cpu_us_per_request": 1e6 * cpu_used / max(raw["requests"], 1),
-        "database_cpu_us_per_request": 1e6 * db_used / max(raw["requests"], 1),
-        "foreign_cpu_cores": max(foreign, 0.0) / elapsed,
-    }
 
 
 def workload(fig: Figure, server: Server) -> tuple[tuple[str, str, bool], tuple[str, str, bool]]:
@@ -421,11 +303,7 @@ def workload(fig: Figure, server: Server) -> tuple[tuple[str, str, bool], tuple[
 def measure(
     figs: list[Figure], specs: list[ServerSpec], opts: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    cores = sorted(os.sched_getaffinity(0))
-    pin = len(cores) >= 2 and shutil.which("taskset") is not None
-    server_core, wrk_core = (cores[0], cores[1]) if pin else (None, None)
-    if not pin:
-        print("warning: fewer than 2 cores or no taskset: servers and wrk share the CPU", file=sys.stderr)
+    pin, server_core, wrk_core = cores()
     env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROP}
     from sessions.keys import generate_key
 
@@ -454,16 +332,7 @@ def measure(
                     (bm, bp, bc), (am, ap, ac) = workload(fig, server)
                     bare = run_wrk(server, bm, bp, bc, opts.duration, opts.connections, wrk_core)
                     app = run_wrk(server, am, ap, ac, opts.duration, opts.connections, wrk_core)
-                    pair = {
-                        "bare": bare, "app": app, "ratio": app["rps"] / bare["rps"],
-                        "cpu_ratio": bare["server_cpu_us_per_request"] / app["server_cpu_us_per_request"],
-                    }  # fmt: skip
-                    fig.pairs.append(pair)
-                    print(
-                        f"round {round_no} {fig.name:<28} bare {bare['rps']:>7,.0f}  app {app['rps']:>7,.0f} req/s"
-                        f"  ratio {pair['ratio']:.3f}  other load {max(bare['foreign_cpu_cores'], app['foreign_cpu_cores']):.2f} cores",
-                        file=sys.stderr,
-                    )
+                    fig.pairs.append(pair(round_no, fig.name, bare, app))
             errors = {}
             for name, server in servers.items():
                 if server.proc.poll() is not None:
@@ -478,13 +347,6 @@ def measure(
 
 
 # -- report ------------------------------------------------------------------------
-def verdict(median: float, low: float, high: float, target: float | None) -> str | None:
-    """met / not met, or undecided when the spread is wider than the gap to the target."""
-    if target is None:
-        return None
-    if high - low > abs(median - target):
-        return "undecided"
-    return "met" if median >= target else "not met"
 
 
 def summarize(figs: list[Figure], specs: dict[str, ServerSpec]) -> list[dict[str, Any]]:
@@ -604,27 +466,8 @@ def versions() -> dict[str, str]:
     }
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM both unwind as KeyboardInterrupt, so the servers get stopped."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def parse_args() -> argparse.Namespace:
@@ -677,18 +520,9 @@ def main() -> int:
             f"warning: load average {load_start:.2f}: other work will make the pairs noisier", file=sys.stderr
         )
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="tornado-sessions-peers-"))
-    try:
-        with interruptible():
-            run_meta = measure(figs, specs, opts, tmp)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        print(f"error: {exc}\nservers stopped", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    run_meta = run_measured("tornado-sessions-peers-", lambda tmp: measure(figs, specs, opts, tmp))
+    if isinstance(run_meta, int):
+        return run_meta
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(time.monotonic() - started, 1),

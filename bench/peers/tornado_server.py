@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import tornado.web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.harness import until_stopped  # noqa: E402
 from sessions import KeyRing, SessionManager, SessionMixin, open_store  # noqa: E402
 
 COOKIE = "sid"
@@ -106,11 +106,7 @@ async def serve(host: str, port: int, mode: str, store_url: str) -> None:
     app = tornado.web.Application([(r"/bare", Bare), *routes], **settings)
     server = app.listen(port, host)
     print(f"tornado peer ({what}) on http://{host}:{port}/", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     server.stop()
     if store is not None:
         await store.close()

@@ -45,12 +45,9 @@ from typing import Any
 import pytest
 
 from tests.fixtures.redis_fixture import (
-    START_TIMEOUT,
     RedisCluster,
     RedisServerProcess,
     _check_binaries,
-    _command,
-    find_binary,
 )
 from tests.fixtures.support import cookies_from, free_port, stop_process
 from tests.fixtures.toxiproxy_fixture import Toxiproxy
@@ -340,31 +337,7 @@ def kill_app_during_writes(app: App, name: str) -> None:
 class DurableRedis(RedisServerProcess):
     """redis-server with ``appendonly yes``, ``appendfsync always``: nothing acknowledged is lost."""
 
-    def start(self, timeout: float = START_TIMEOUT) -> DurableRedis:
-        if self.running:
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        args = [find_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder),
-                "--logfile", str(self.log_path), "--daemonize", "no"]  # fmt: skip
-        if self.cluster:
-            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                     "--cluster-node-timeout", "2000", "--cluster-port", str(self.bus_port)]  # fmt: skip
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self._proc.returncode}:\n{self.log_tail()}")
-            try:
-                if _command(self.port, "PING", timeout=0.5).startswith(b"+PONG"):
-                    return self
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop(kill=True)
-                raise RuntimeError(f"redis-server did not answer on port {self.port}:\n{self.log_tail()}")
-            time.sleep(0.02)
+    persistence = ("--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
@@ -470,19 +443,24 @@ def pg_server() -> Iterator[Any]:
         server.destroy()
 
 
+def run_cut(request: pytest.FixtureRequest, app_factory: Callable[..., App], kind: str, server_port: int,
+            url: str) -> None:  # fmt: skip
+    """run_fault with the app reaching its database through Toxiproxy, which cuts and restores the link."""
+    proxy: Toxiproxy = request.getfixturevalue("toxiproxy")
+    name = f"{kind}_{server_port}"
+    app = app_factory(url.format(port=proxy.proxy(name, f"127.0.0.1:{server_port}")))
+    try:
+        run_fault(app, f"{kind} cut (toxiproxy)", lambda: proxy.set_enabled(name, False),
+                  lambda: proxy.set_enabled(name, True))  # fmt: skip
+    finally:
+        proxy.delete(name)
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("how", ["stop", "sigstop", "cut"])
 def test_postgres(how: str, pg_server: Any, app_factory: Callable[..., App], request: pytest.FixtureRequest) -> None:
     if how == "cut":
-        proxy: Toxiproxy = request.getfixturevalue("toxiproxy")
-        name = f"pg_{pg_server.port}"
-        port = proxy.proxy(name, f"127.0.0.1:{pg_server.port}")
-        app = app_factory(f"postgresql://postgres@127.0.0.1:{port}/postgres")
-        try:
-            run_fault(app, "postgres cut (toxiproxy)", lambda: proxy.set_enabled(name, False),
-                      lambda: proxy.set_enabled(name, True))  # fmt: skip
-        finally:
-            proxy.delete(name)
+        run_cut(request, app_factory, "postgres", pg_server.port, "postgresql://postgres@127.0.0.1:{port}/postgres")
         return
     app = app_factory(pg_server.url)
     if how == "stop":
@@ -500,15 +478,7 @@ def test_mongo(how: str, mongo_server_factory: Callable[[], Any], app_factory: C
                request: pytest.FixtureRequest) -> None:  # fmt: skip
     server = mongo_server_factory()
     if how == "cut":
-        proxy: Toxiproxy = request.getfixturevalue("toxiproxy")
-        name = f"mongo_{server.port}"
-        port = proxy.proxy(name, f"127.0.0.1:{server.port}")
-        app = app_factory(f"mongodb://127.0.0.1:{port}/faults")
-        try:
-            run_fault(app, "mongo cut (toxiproxy)", lambda: proxy.set_enabled(name, False),
-                      lambda: proxy.set_enabled(name, True))  # fmt: skip
-        finally:
-            proxy.delete(name)
+        run_cut(request, app_factory, "mongo", server.port, "mongodb://127.0.0.1:{port}/faults")
     else:
         app = app_factory(f"{server.url}faults")
         run_fault(app, "mongo SIGSTOP", server.pause, server.resume)

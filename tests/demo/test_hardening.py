@@ -382,19 +382,32 @@ def test_data_dir_is_created_private(keys_env, tmp_path):
     assert stat.S_IMODE((data_dir / "dev-keys").stat().st_mode) == 0o600
 
 
+def _private_data_dir(tmp_path):
+    data_dir = tmp_path / "var"
+    data_dir.mkdir(mode=0o700)
+    return data_dir
+
+
+def _key_file(path, mode=0o600):
+    path.write_text(generate_key() + "\n")
+    path.chmod(mode)
+    return path
+
+
+def _parse_in(data_dir):
+    return parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+
+
 @pytest.mark.skipif(os.name != "posix", reason="file modes")
 def test_key_file_readable_by_others_is_refused(keys_env, tmp_path):
     keys_env.delenv("SESSION_KEYS")
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o700)
-    key_file = data_dir / "dev-keys"
-    key_file.write_text(generate_key() + "\n")
-    key_file.chmod(0o644)
+    data_dir = _private_data_dir(tmp_path)
+    key_file = _key_file(data_dir / "dev-keys", 0o644)
     with pytest.raises(SystemExit) as failure:
-        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+        _parse_in(data_dir)
     assert "chmod 600" in str(failure.value) and str(key_file) in str(failure.value)
     key_file.chmod(0o600)
-    assert parse_config(["--data-dir", str(data_dir), "--store", "memory://"])[1].keys
+    assert _parse_in(data_dir)[1].keys
 
 
 @pytest.mark.skipif(os.name != "posix", reason="file modes")
@@ -415,32 +428,25 @@ def test_data_dir_open_to_others_is_refused(keys_env, tmp_path, mode):
 def test_key_file_owned_by_another_user_is_refused(keys_env, tmp_path):
     """Whoever planted the key file chose the cookie key."""
     keys_env.delenv("SESSION_KEYS")
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o700)
-    key_file = data_dir / "dev-keys"
-    key_file.write_text(generate_key() + "\n")
-    key_file.chmod(0o600)
+    data_dir = _private_data_dir(tmp_path)
+    key_file = _key_file(data_dir / "dev-keys")
     os.chown(key_file, 65534, 65534)
     with pytest.raises(SystemExit) as failure:
-        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+        _parse_in(data_dir)
     assert "belongs to user id 65534" in str(failure.value)
     os.chown(data_dir, 65534, 65534)  # a directory of someone else's
     os.chown(key_file, 0, 0)
     with pytest.raises(SystemExit, match="belongs to user id 65534"):
-        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+        _parse_in(data_dir)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symbolic links")
 def test_key_file_that_is_a_symlink_is_refused(keys_env, tmp_path):
     keys_env.delenv("SESSION_KEYS")
-    data_dir = tmp_path / "var"
-    data_dir.mkdir(mode=0o700)
-    target = tmp_path / "elsewhere"
-    target.write_text(generate_key() + "\n")
-    target.chmod(0o600)
-    (data_dir / "dev-keys").symlink_to(target)
+    data_dir = _private_data_dir(tmp_path)
+    (data_dir / "dev-keys").symlink_to(_key_file(tmp_path / "elsewhere"))
     with pytest.raises(SystemExit, match="not a regular file"):
-        parse_config(["--data-dir", str(data_dir), "--store", "memory://"])
+        _parse_in(data_dir)
 
 
 def test_every_log_line_is_one_line_whatever_the_message():

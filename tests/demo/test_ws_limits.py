@@ -78,6 +78,17 @@ def connect(base_url: str) -> Any:
 # -- helpers ------------------------------------------------------------------------------
 
 
+async def unread_socket(new_client, connect, registry, app):
+    """A registered client's socket whose client stops reading: (client side, server side)."""
+    ana = await registered(new_client)
+    conn = await connect(ana, welcome=False)
+    await until(lambda: len(registry) == 1)
+    socket = server_socket(registry, await user_id(app))
+    block_reading(conn)
+    await asyncio.sleep(0.1)
+    return conn, socket
+
+
 async def call(client: Client, method: str, path: str, data: Any = None) -> Any:
     if client.xsrf_token() is None:
         await client.fetch("/auth/profile")
@@ -242,12 +253,7 @@ BULK = "x" * 60_000
 @pytest.mark.parametrize("app_settings", [{"websocket_max_write_buffer": 256 * 1024}])
 async def test_a_client_that_never_reads_is_closed_past_the_bound_and_forgotten(
         new_client, connect, registry, app, caplog):
-    ana = await registered(new_client)
-    conn = await connect(ana, welcome=False)
-    await until(lambda: len(registry) == 1)
-    socket = server_socket(registry, await user_id(app))
-    block_reading(conn)
-    await asyncio.sleep(0.1)
+    conn, socket = await unread_socket(new_client, connect, registry, app)
     ref = weakref.ref(socket)
 
     sent, peak = 0, 0
@@ -284,12 +290,7 @@ async def test_a_client_that_never_reads_is_closed_past_the_bound_and_forgotten(
 async def test_the_backlog_measure_follows_what_the_client_has_not_taken(new_client, connect, registry, app):
     """Pins ``stream_backlog`` (Tornado's private ``IOStream._write_buffer``): it grows
     while the client does not read and falls back to 0 once it has read everything."""
-    ana = await registered(new_client)
-    conn = await connect(ana, welcome=False)
-    await until(lambda: len(registry) == 1)
-    socket = server_socket(registry, await user_id(app))
-    block_reading(conn)
-    await asyncio.sleep(0.1)
+    conn, socket = await unread_socket(new_client, connect, registry, app)
     assert stream_backlog(socket) == 0
     sent = 0
     while stream_backlog(socket) < 3 * len(BULK):

@@ -23,7 +23,7 @@ from sessions.manager import hash_session_id
 from sessions.stores.base import Record, StoreError
 from sessions.stores.mongo import MongoStore, escape_mongo_field, unescape_mongo_field
 from sessions.testing import FakeClock, StoreContract, new_key, record
-from tests.fixtures.support import assert_fails_fast, free_port
+from tests.fixtures.support import assert_unreachable_fails_fast, free_port
 
 # -- the contract, over both drivers ---------------------------------------------
 
@@ -175,12 +175,7 @@ def test_rejects_sync_clients_and_bad_options() -> None:
 
 @pytest.mark.gen_test(timeout=15)
 async def test_unreachable_server_raises_store_error_quickly() -> None:
-    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}/", server_selection_timeout=0.3)
-    try:
-        for call in (store.ping, lambda: store.load(new_key()), store.setup):
-            await assert_fails_fast(call)
-    finally:
-        await store.close()
+    await assert_unreachable_fails_fast(MongoStore(f"mongodb://127.0.0.1:{free_port()}/", server_selection_timeout=0.3))
 
 
 # -- against the server ----------------------------------------------------------

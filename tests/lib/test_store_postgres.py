@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from sessions.stores import open_store
 from sessions.stores.postgres import PostgresStore, escape_nul, unescape_nul
 from sessions.testing import FakeClock, StoreContract, new_key, record
-from tests.fixtures.support import assert_fails_fast, free_port
+from tests.fixtures.support import assert_unreachable_fails_fast, free_port
 
 
 class TestPostgresStore(StoreContract):
@@ -273,12 +273,7 @@ async def test_open_store_builds_postgres_stores_and_checks_options(
 
 @pytest.mark.gen_test(timeout=15)
 async def test_unreachable_server_is_a_store_error_quickly() -> None:
-    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=0.5)
-    try:
-        for call in (store.ping, lambda: store.load(new_key()), store.setup):
-            await assert_fails_fast(call)
-    finally:
-        await store.close()
+    await assert_unreachable_fails_fast(PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", timeout=0.5))
 
 
 @pytest.mark.gen_test(timeout=30)

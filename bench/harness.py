@@ -1,0 +1,272 @@
+"""What the HTTP benchmarks share: pinning, CPU accounting, databases, wrk runs, signals.
+
+bench/peers/run.py measures with it, and its servers (bench/peers/*_server.py) wait
+for SIGINT/SIGTERM with it. Every figure is a ratio of runs on the same machine, so
+what else used the CPU during a run (``foreign_cpu_cores``) is measured, not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = ROOT / "bench" / "wrk.lua"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+#: Process ids of the database servers this run started (PostgreSQL: the postmaster,
+#: whose backends are counted when each run starts and ends), so that their CPU is not
+#: reported as other people's load.
+DATABASE_PIDS: list[int] = []
+POSTMASTERS: list[int] = []
+
+
+# -- processes and cores ------------------------------------------------------------
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
+
+
+def cores() -> tuple[bool, int | None, int | None]:
+    """(pinned, the servers' core, wrk's and the databases' core): the first two cores when taskset exists."""
+    available = sorted(os.sched_getaffinity(0))
+    pin = len(available) >= 2 and shutil.which("taskset") is not None
+    if not pin:
+        print("warning: fewer than 2 cores or no taskset: servers and wrk share the CPU", file=sys.stderr)
+        return False, None, None
+    return True, available[0], available[1]
+
+
+def stop_servers(servers: list[Any]) -> None:
+    """SIGTERM (the servers shut down cleanly and close their stores), then SIGKILL."""
+    for server in servers:
+        if server.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                server.proc.send_signal(signal.SIGTERM)
+    for server in servers:
+        try:
+            server.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(timeout=5)
+
+
+def request(
+    port: int, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, str, list[str]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace"), resp.headers.get_all("Set-Cookie") or []
+    finally:
+        conn.close()
+
+
+async def until_stopped() -> None:
+    """Return on SIGINT or SIGTERM (a benchmark server's whole life after listening)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGINT and SIGTERM both unwind as KeyboardInterrupt, so the servers get stopped.
+
+    (SIGINT too: a shell starts background jobs with SIGINT ignored.)
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_measured(prefix: str, measure: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | int:
+    """``measure(tmp)`` in a fresh temporary folder, interruptible; an exit code when it did not finish."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with interruptible():
+            return measure(tmp)
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        print(f"error: {exc}\nservers stopped", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- databases -----------------------------------------------------------------------
+@contextlib.contextmanager
+def databases(names: set[str], tmp: Path, core: int | None) -> Iterator[dict[str, str]]:
+    """Redis, a three-node Redis Cluster and PostgreSQL as needed (the test fixtures'
+    classes), pinned to wrk's core by their own process ids (never by name: other
+    people's servers may run). Yields name -> URL."""
+    from tests.fixtures.postgres_fixture import PostgresServer
+    from tests.fixtures.redis_fixture import RedisCluster, RedisServerProcess
+
+    started: list[Any] = []
+    urls: dict[str, str] = {}
+    pids: list[str] = []
+    try:
+        if "redis" in names:
+            redis = RedisServerProcess(tmp / "redis").start()
+            started.append(redis)
+            urls["redis"] = redis.url
+            pids += _pids(f"redis-server 127.0.0.1:{redis.port}")
+        if "redis_cluster" in names:
+            cluster = RedisCluster(tmp / "redis-cluster").start()
+            started.append(cluster)
+            urls["redis_cluster"] = cluster.url
+            for node in cluster.servers:
+                pids += _pids(f"redis-server 127.0.0.1:{node.port}")
+        if "postgres" in names:
+            pg = PostgresServer()
+            started.append(pg)
+            pg.start()
+            urls["postgres"] = pg.url
+            postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+            POSTMASTERS[:] = [postmaster]
+            pids += [str(postmaster), *_children(postmaster)]
+        DATABASE_PIDS[:] = [int(p) for p in pids]
+        if core is not None:
+            for pid in pids:
+                subprocess.run(["taskset", "-apc", str(core), pid], capture_output=True, check=False)
+        yield urls
+    finally:
+        for server in reversed(started):
+            with contextlib.suppress(Exception):
+                (server.destroy if hasattr(server, "destroy") else server.stop)()
+
+
+def _pids(pattern: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+# -- CPU -----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat.
+
+    CPU time per request is the cross-check on throughput on a shared machine: when
+    other work takes the server's core, requests/s drops but CPU per request moves less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine spent busy so far (all cores, steal included)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def database_cpu_seconds() -> float:
+    pids = set(DATABASE_PIDS)
+    for postmaster in POSTMASTERS:
+        pids.update(int(p) for p in _children(postmaster))
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+# -- wrk -----------------------------------------------------------------------------
+def run_wrk(
+    url: str, *, pid: int, method: str, headers: dict[str, str], label: str, seconds: int, connections: int,
+    core: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """One wrk run against the server ``pid``; refuses results with any non-2xx answer or socket error."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    cmd.append(url)
+    cpu0, busy0, wrk0, db0 = cpu_seconds(pid), busy_cpu_seconds(), children_cpu_seconds(), database_cpu_seconds()
+    proc = subprocess.run(
+        pinned(cmd, core), env={**os.environ, "BENCH_METHOD": method}, capture_output=True, text=True,
+        timeout=seconds + 30,
+    )  # fmt: skip
+    cpu_used = cpu_seconds(pid) - cpu0
+    db_used = database_cpu_seconds() - db0  # backends that exited in between are missed: small
+    # What the machine did besides this server, wrk and the databases: someone else's work.
+    foreign = busy_cpu_seconds() - busy0 - cpu_used - (children_cpu_seconds() - wrk0) - db_used
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{proc.stdout}")
+    raw = json.loads(line[len("BENCH_JSON ") :])
+    if any(raw["errors"].values()):
+        raise RuntimeError(f"{label} {method}: wrk saw errors {raw['errors']} (non-2xx or socket); figures invalid")
+    elapsed = raw["duration_us"] / 1e6
+    return {
+        "rps": raw["requests"] / elapsed,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "requests": raw["requests"],
+        "server_cpu_us_per_request": 1e6 * cpu_used / max(raw["requests"], 1),
+        "database_cpu_us_per_request": 1e6 * db_used / max(raw["requests"], 1),
+        "foreign_cpu_cores": max(foreign, 0.0) / elapsed,
+    }
+
+
+def pair(round_no: int, name: str, bare: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
+    """A bare run and an app run taken back to back, as one ratio (printed to stderr)."""
+    result = {
+        "bare": bare, "app": app, "ratio": app["rps"] / bare["rps"],
+        "cpu_ratio": bare["server_cpu_us_per_request"] / app["server_cpu_us_per_request"],
+    }  # fmt: skip
+    print(
+        f"round {round_no} {name:<28} bare {bare['rps']:>7,.0f}  app {app['rps']:>7,.0f} req/s"
+        f"  ratio {result['ratio']:.3f}  other load {max(bare['foreign_cpu_cores'], app['foreign_cpu_cores']):.2f} cores",
+        file=sys.stderr,
+    )
+    return result
+
+
+def verdict(median: float, low: float, high: float, target: float | None) -> str | None:
+    """met / not met, or undecided when the spread is wider than the gap to the target."""
+    if target is None:
+        return None
+    if high - low > abs(median - target):
+        return "undecided"
+    return "met" if median >= target else "not met"
