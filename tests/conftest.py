@@ -7,9 +7,10 @@ pytest.register_assert_rewrite("sessions.testing")
 
 # The fixture plugins (tests/fixtures/): the demo app on its real server class; the real
 # servers the tests start (FerretDB, Redis, PostgreSQL, Toxiproxy); Chromium for the
-# browser tests.
+# browser tests; the demo's /ws.
 pytest_plugins = [
     "tests.fixtures.demo_fixtures",
+    "tests.fixtures.websocket",
     "tests.fixtures.mongo_fixture",
     "tests.fixtures.redis_fixture",
     "tests.fixtures.postgres_fixture",

@@ -64,13 +64,6 @@ def demo_config(demo_config, absolute_timeout):
 
 
 @pytest.fixture
-def registry(app, io_loop):
-    registry = app.settings["socket_registry"]
-    yield registry
-    io_loop.run_sync(registry.close)
-
-
-@pytest.fixture
 def new_client(http_client, base_url, http_server, registry):
     return lambda **kw: Client(http_client, base_url, **kw)
 

@@ -49,41 +49,8 @@ app, http_server = demo_app_fixtures()
 
 
 @pytest.fixture
-def registry(app, io_loop):
-    registry = app.settings["socket_registry"]
-    yield registry
-    if registry is not None:
-        io_loop.run_sync(registry.close)
-
-
-@pytest.fixture
 def new_client(http_client, base_url, http_server, registry):
     return lambda **kw: Client(http_client, base_url, **kw)
-
-
-@pytest.fixture
-def ws_url(base_url):
-    return base_url.replace("http://", "ws://", 1) + "/ws"
-
-
-@pytest.fixture
-def connect(ws_url):
-    """Open /ws with a client's cookies (and optional headers); closed after the test."""
-    opened: list[WebSocketClientConnection] = []
-
-    async def connect(client: Client | None = None, *, headers: dict[str, str] | None = None,
-                      welcome: bool = True) -> WebSocketClientConnection:
-        all_headers = {**(client.jar.header() if client is not None else {}), **(headers or {})}
-        conn = await websocket_connect(HTTPRequest(ws_url, headers=all_headers, connect_timeout=5, request_timeout=5))
-        opened.append(conn)
-        if welcome:
-            message = await receive(conn)
-            assert message["type"] == "welcome", message
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
 
 
 async def receive(conn: WebSocketClientConnection, timeout: float = 2.0) -> dict:

@@ -23,8 +23,8 @@ import weakref
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketClientConnection
 
 from sessions.tornado_internals import stream_backlog
 from sessions.websocket import (
@@ -44,35 +44,8 @@ app, http_server = demo_app_fixtures()
 
 
 @pytest.fixture
-def registry(app: Any, io_loop: Any) -> Any:
-    registry: SocketRegistry = app.settings["socket_registry"]
-    yield registry
-    io_loop.run_sync(registry.close)
-
-
-@pytest.fixture
 def new_client(http_client: Any, base_url: str, http_server: Any, registry: Any) -> Any:
     return lambda **kw: Client(http_client, base_url, **kw)
-
-
-@pytest.fixture
-def connect(base_url: str) -> Any:
-    """Open /ws with a client's cookies; every socket opened is closed after the test."""
-    url = base_url.replace("http://", "ws://", 1) + "/ws"
-    opened: list[WebSocketClientConnection] = []
-
-    async def connect(client: Client, *, welcome: bool = True) -> WebSocketClientConnection:
-        request = HTTPRequest(url, headers=client.jar.header(), connect_timeout=5, request_timeout=5)
-        conn = await websocket_connect(request)
-        opened.append(conn)
-        if welcome:
-            message = await receive(conn)
-            assert message["type"] == "welcome", message
-        return conn
-
-    yield connect
-    for conn in opened:
-        conn.close()
 
 
 # -- helpers ------------------------------------------------------------------------------
