@@ -37,7 +37,6 @@ import http.client
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
@@ -54,6 +53,16 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
+from bench.harness import (  # noqa: E402
+    busy_cpu_seconds,
+    children_cpu_seconds,
+    cpu_model,
+    cpu_seconds,
+    database_cpu_seconds,
+    interruptible,
+    pinned,
+)
 from sessions.keys import KeyRing, generate_key  # noqa: E402
 from tests.fixtures.support import cookies_from, free_port  # noqa: E402
 
@@ -154,10 +163,6 @@ class Server:
         return ""
 
 
-def pinned(cmd: list[str], core: int | None) -> list[str]:
-    return cmd if core is None else ["taskset", "-c", str(core), *cmd]
-
-
 def server_commands(tmp: Path, app_root: Path, urls: dict[str, str]) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments after the interpreter, readiness path); urls: store -> URL."""
     out: dict[str, tuple[list[str], str]] = {"bare": ([str(BENCH / "bare_server.py")], "/")}
@@ -233,70 +238,16 @@ def stop_servers(servers: list[Server]) -> None:
 
 @contextlib.contextmanager
 def databases(names: set[str], tmp: Path, core: int | None) -> Iterator[dict[str, str]]:
-    """Redis, a three-node Redis Cluster and PostgreSQL as needed (the test fixtures'
-    classes), pinned to the load generator's core by their own process ids (never by
-    name: other people's servers may run), so the app keeps its core as with a database
-    on another host. Yields store -> URL for every store, memory and SQLite included."""
-    from tests.fixtures.postgres_fixture import PostgresServer
-    from tests.fixtures.redis_fixture import RedisCluster, RedisServerProcess
-
-    started: list[Any] = []
-    urls = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/sessions.sqlite3"}
-    pids: list[str] = []
-    try:
-        if "redis" in names:
-            redis = RedisServerProcess(tmp / "redis").start()
-            started.append(redis)
-            urls["redis"] = redis.url
-            pids += _pids(f"redis-server 127.0.0.1:{redis.port}")
-        if "redis_cluster" in names:
-            cluster = RedisCluster(tmp / "redis-cluster").start()
-            started.append(cluster)
-            urls["redis_cluster"] = cluster.url
-            for node in cluster.servers:
-                pids += _pids(f"redis-server 127.0.0.1:{node.port}")
-        if "postgres" in names:
-            pg = PostgresServer()
-            started.append(pg)
-            pg.start()
-            urls["postgres"] = pg.url
-            postmaster = (pg.data_dir / "postmaster.pid").read_text().split()[0]
-            POSTMASTERS[:] = [int(postmaster)]
-            pids += [postmaster, *_children(int(postmaster))]
-        DATABASE_PIDS[:] = [int(p) for p in pids]
-        if core is not None:
-            for pid in pids:
-                subprocess.run(["taskset", "-apc", str(core), pid], capture_output=True, check=False)
+    """Every store's URL in ``names``: the servers from :func:`bench.harness.databases`
+    (pinned to the load generator's core), plus memory and SQLite."""
+    with harness.databases(names, tmp, core) as servers:
+        # "{tmp}" is filled in per server (server_commands): the app and the library apart.
+        urls = {"memory": "memory://", "sqlite": "sqlite:///{tmp}/sessions.sqlite3", **servers}
         yield {store: url for store, url in urls.items() if store in names}
-    finally:
-        for server in reversed(started):
-            with contextlib.suppress(Exception):
-                (server.destroy if hasattr(server, "destroy") else server.stop)()
-
-
-def _pids(pattern: str) -> list[str]:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-
-
-def _children(pid: int) -> list[str]:
-    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
 
 
 #: The database servers this run started (PostgreSQL: the postmaster, whose backends
 #: are looked up at each run), so that their CPU is not counted as other people's load.
-DATABASE_PIDS: list[int] = []
-POSTMASTERS: list[int] = []
-
-
-def database_cpu_seconds() -> float:
-    pids = set(DATABASE_PIDS)
-    for postmaster in POSTMASTERS:
-        pids.update(int(p) for p in _children(postmaster))
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(pid)
-    return total
 
 
 # -- sessions made through the public API ------------------------------------------
@@ -380,25 +331,6 @@ def check_run(fig: Figure, run: Run, port: int, headers: dict[str, str]) -> None
 
 
 # -- measuring ---------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat.
-
-    CPU time per request is the cross-check on throughput on a shared machine: when
-    other work takes the server's core, requests/s drops but CPU per request moves less.
-    """
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time the whole machine spent busy so far (all cores, steal included)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS  # minus idle, iowait
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_wrk(
@@ -452,24 +384,6 @@ def sealed_cookie_size() -> dict[str, Any]:
     assert ring.open(sealed, "prefs") == payload
     return {"payload_bytes": len(payload), "value_bytes": len(sealed), "target_bytes": COOKIE_TARGET_BYTES,
             "met": len(sealed) <= COOKIE_TARGET_BYTES}  # fmt: skip
-
-
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGINT and SIGTERM both unwind as KeyboardInterrupt, so the servers get stopped.
-
-    (SIGINT too: a shell starts background jobs with SIGINT ignored.)
-    """
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def measure(figs: list[Figure], stores: list[str], opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -624,14 +538,6 @@ def markdown(rows: list[dict[str, Any]], cookie: dict[str, Any], meta: dict[str,
         f"run took {meta['elapsed_s'] / 60:.1f} min. Reproduce: `.venv/bin/python bench/run.py`.",
     ]
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def parse_args() -> argparse.Namespace:
