@@ -435,16 +435,22 @@ class SessionManager:
         Remember-me tokens are not sessions and do not count.
         """
         cap = self.options.max_user_sessions
-        if cap is None:
+        return 0 if cap is None else await self.end_oldest(user_id, kind="session", keep=cap)
+
+    async def end_oldest(self, user_id: str, *, kind: str, keep: int) -> int:
+        """End the user's records of ``kind`` beyond the newest ``keep``; returns how many.
+
+        Every caller orders them the same way (newest first, then by key), so callers
+        racing each other converge on the same survivors instead of each sparing itself.
+        """
+        records = await self.store.list_user(user_id, kind=kind)
+        if len(records) <= keep:
             return 0
-        sessions = await self.store.list_user(user_id, kind="session")
-        if len(sessions) <= cap:
-            return 0
-        sessions.sort(key=lambda item: (item[1].created, item[0]), reverse=True)
-        for key, _ in sessions[cap:]:
+        records.sort(key=lambda item: (item[1].created, item[0]), reverse=True)
+        for key, _ in records[keep:]:
             await self.end_session(key)
-            log_event(audit_log, logging.INFO, "session_cap", user=user_id, ended=short_key(key))
-        return len(sessions) - cap
+            log_event(audit_log, logging.INFO, f"{kind}_cap", user=user_id, ended=short_key(key))
+        return len(records) - keep
 
     def _set_cookie(self, handler: RequestHandler, session: Session, now: float) -> None:
         assert session.id is not None

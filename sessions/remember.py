@@ -48,6 +48,8 @@ from .stores.base import Record, Store
 KIND = "remember"
 DEFAULT_MAX_AGE = 30 * 24 * 3600
 DEFAULT_GRACE = 60.0
+#: Remember-me tokens (remembered browsers) one user keeps at most; a new one beyond ends the oldest.
+DEFAULT_MAX_PER_USER = 20
 _PART = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
@@ -77,10 +79,13 @@ class RememberOptions:
     max_age: int = DEFAULT_MAX_AGE
     grace: float = DEFAULT_GRACE
     cookie: CookieOptions | None = None
+    #: Tokens per user at most: every "remember me" login stores one for max_age (30
+    #: days), so without a cap a client could make the store hold any number of them.
+    max_per_user: int = DEFAULT_MAX_PER_USER
 
     def __post_init__(self) -> None:
-        if self.max_age <= 0 or self.grace < 0:
-            raise ValueError("remember-me max_age must be positive and grace not negative")
+        if self.max_age <= 0 or self.grace < 0 or self.max_per_user < 1:
+            raise ValueError("remember-me max_age and max_per_user must be positive and grace not negative")
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class RememberMe:
         await self.store.create(key, record)
         self._set_cookie(handler, selector, validator)
         log_event(audit_log, logging.INFO, "remember_issued", user=user_id, token=short_key(key))
+        await self.manager.end_oldest(user_id, kind=KIND, keep=self.options.max_per_user)
         return key
 
     def _set_cookie(self, handler: RequestHandler, selector: str, validator: str) -> None:

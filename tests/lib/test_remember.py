@@ -225,3 +225,18 @@ async def test_theft_runs_the_revocation_hook_before_deleting(store):
     assert await use(remember, stale) is None
     assert order == [("revoke", "u1", 1)]  # called while the token still existed
     assert await store.list_user("u1") == []
+
+
+@pytest.mark.gen_test
+async def test_a_user_keeps_at_most_max_per_user_tokens_the_oldest_end(store, clock):
+    """Each "remember me" login stores a token for 30 days: without a cap a client could pile them up."""
+    manager = SessionManager(store, KeyRing.from_text(generate_key()))
+    remember = RememberMe(manager, RememberOptions(max_per_user=3))
+    jars = []
+    for _ in range(5):
+        jars.append(await issue(remember))
+        clock.advance(1)
+    assert len(await store.list_user("u1", kind="remember")) == 3
+    assert [await use(remember, jar) is not None for jar in jars] == [False, False, True, True, True]
+    with pytest.raises(ValueError):
+        RememberOptions(max_per_user=0)
