@@ -320,10 +320,8 @@ class RedisUsers(UserRepository):
             if self._connect is not None:
                 await self._connect()
             return await command()
-        except _ERRORS as exc:
-            raise _DRIVER.translate(op, exc) from exc
-        except AttributeError as exc:
-            if not _DRIVER.raised_in_driver(exc):
+        except Exception as exc:
+            if not _DRIVER.is_failure(exc):
                 raise
             raise _DRIVER.translate(op, exc) from exc
 

@@ -63,6 +63,10 @@ class DriverErrors:
         self.driver_bugs = driver_bugs
         self._package_marker = f"/{driver_package}/" if driver_package else None
 
+    def is_failure(self, exc: BaseException) -> bool:
+        """True when ``exc`` is the driver failing (its errors, or one of ``driver_bugs`` raised inside it)."""
+        return isinstance(exc, self.errors) or (isinstance(exc, self.driver_bugs) and self.raised_in_driver(exc))
+
     def raised_in_driver(self, exc: BaseException) -> bool:
         """True when the innermost frame of ``exc``'s traceback is in the driver's package."""
         marker = self._package_marker
@@ -85,10 +89,8 @@ class DriverErrors:
         async def translated(*args: _P.args, **kwargs: _P.kwargs) -> _T:
             try:
                 return await method(*args, **kwargs)
-            except self.errors as exc:
-                raise self.translate(op, exc) from exc
-            except self.driver_bugs as exc:
-                if not self.raised_in_driver(exc):
+            except Exception as exc:
+                if not self.is_failure(exc):
                     raise
                 raise self.translate(op, exc) from exc
 
