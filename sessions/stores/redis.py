@@ -73,7 +73,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -83,6 +83,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..bus import EventBus
 from .base import KEEP, Clock, Record, Store, StoreError, window_bounds
 from .plumbing import DriverErrors, Lifecycle, split_legacy_kind
+from .redis_pool import WaitingConnectionPool
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore"]
 
@@ -314,7 +315,7 @@ class RedisStore(Store):
         # A burst of requests waits (up to the timeout) for one of the pool's connections
         # instead of failing at once with "Too many connections" (a 503 for nothing).
         options.setdefault("max_connections", DEFAULT_MAX_CONNECTIONS)
-        pool = BlockingConnectionPool.from_url(url, timeout=timeout, **options)
+        pool = WaitingConnectionPool.from_url(url, timeout=timeout, **options)
         return Redis(connection_pool=pool)
 
     async def ensure_connected(self) -> None:
