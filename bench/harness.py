@@ -1,8 +1,9 @@
-"""What the HTTP benchmarks share: pinning, CPU accounting, databases, wrk runs, signals.
+"""What the HTTP benchmarks share: pinning, servers, CPU accounting, databases, wrk runs, signals.
 
-bench/peers/run.py measures with it, and its servers (bench/peers/*_server.py) wait
-for SIGINT/SIGTERM with it. Every figure is a ratio of runs on the same machine, so
-what else used the CPU during a run (``foreign_cpu_cores``) is measured, not guessed.
+bench/run.py, bench/store_size.py and bench/peers/run.py measure with it, and the
+peers' servers (bench/peers/*_server.py) wait for SIGINT/SIGTERM with it. Every figure
+is a ratio of runs on the same machine, so what else used the CPU during a run
+(``foreign_cpu_cores``) is measured, not guessed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,76 @@ def cores() -> tuple[bool, int | None, int | None]:
         print("warning: fewer than 2 cores or no taskset: servers and wrk share the CPU", file=sys.stderr)
         return False, None, None
     return True, available[0], available[1]
+
+
+@dataclass
+class Server:
+    """A benchmark server process on a free loopback port, its output in ``log_path``."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def start_server(name: str, args: list[str], tmp: Path, core: int | None, env: dict[str, str]) -> Server:
+    """Start ``python ARGS --port N`` in its own process group (Ctrl-C reaches only us; we stop it)."""
+    from tests.fixtures.support import free_port
+
+    port = free_port()
+    log_path = tmp / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            pinned([sys.executable, *args, "--port", str(port)], core),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Server(name, port, proc, log_path)
+
+
+def wait_ready(server: Server, path: str, timeout: float = 20.0) -> None:
+    """Until ``GET path`` answers 200; raises with the server's log when it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} server exited early:\n{server.log_tail()}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if request(server.port, "GET", path)[0] == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} server not ready after {timeout}s:\n{server.log_tail()}")
+
+
+def logged_errors(server: Server) -> dict[str, Any]:
+    """ERROR lines a server logged: counted and shown, not fatal.
+
+    wrk cuts its connections mid-request when a run ends; a server that does not
+    expect a client to go away may log errors then, which do not touch the figures.
+    """
+    with contextlib.suppress(OSError):
+        lines = server.log_path.read_text(errors="replace").splitlines()
+        errors = [ln for ln in lines if " ERROR " in ln or "Traceback" in ln]
+        return {"count": len(errors), "sample": "\n".join(lines[-8:]) if errors else None}
+    return {"count": 0, "sample": None}
+
+
+def make_login_session(port: int) -> dict[str, str]:
+    """A logged-in session on login_server.py (``POST /login``): the headers that carry its cookie."""
+    from tests.fixtures.support import cookies_from
+
+    status, body, set_cookie = request(port, "POST", "/login")
+    sid = cookies_from(set_cookie).get("sid")
+    if status != 200 or not sid:
+        raise RuntimeError(f"POST /login gave {status} {body!r} and sid={sid!r}")
+    return {"Cookie": f"sid={sid}"}
 
 
 def stop_servers(servers: list[Any]) -> None:

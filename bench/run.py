@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,16 +54,22 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.harness import (  # noqa: E402
+    Server,
     busy_cpu_seconds,
     children_cpu_seconds,
     cpu_model,
     cpu_seconds,
     database_cpu_seconds,
     interruptible,
+    logged_errors,
+    make_login_session,
     pinned,
+    start_server,
+    stop_servers,
+    wait_ready,
 )
 from sessions.keys import KeyRing, generate_key  # noqa: E402
-from tests.fixtures.support import cookies_from, free_port  # noqa: E402
+from tests.fixtures.support import cookies_from  # noqa: E402
 
 RESULTS = BENCH / "results" / "latest.json"
 WRK_SCRIPT = BENCH / "wrk.lua"
@@ -150,19 +155,6 @@ def figures(stores: list[str]) -> list[Figure]:
 
 
 # -- servers -----------------------------------------------------------------------
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
 def server_commands(tmp: Path, app_root: Path, urls: dict[str, str]) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments after the interpreter, readiness path); urls: store -> URL."""
     out: dict[str, tuple[list[str], str]] = {"bare": ([str(BENCH / "bare_server.py")], "/")}
@@ -179,61 +171,6 @@ def server_commands(tmp: Path, app_root: Path, urls: dict[str, str]) -> dict[str
     (tmp / "app").mkdir(parents=True, exist_ok=True)
     (tmp / "lib").mkdir(parents=True, exist_ok=True)
     return out
-
-
-def start_server(name: str, args: list[str], tmp: Path, core: int | None, env: dict[str, str]) -> Server:
-    """Start one server in its own process group (Ctrl-C reaches only us; we stop it)."""
-    port = free_port()
-    log_path = tmp / f"{name}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            pinned([sys.executable, *args, "--port", str(port)], core),
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(name, port, proc, log_path)
-
-
-def wait_ready(server: Server, path: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} server exited early:\n{server.log_tail()}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if request(server.port, "GET", path)[0] == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} server not ready after {timeout}s:\n{server.log_tail()}")
-
-
-def logged_errors(server: Server) -> dict[str, Any]:
-    """ERROR lines a server logged: counted and shown, not fatal.
-
-    wrk cuts its connections mid-request when a run ends; a server that does not
-    expect a client to go away may log errors then, which do not touch the figures.
-    """
-    with contextlib.suppress(OSError):
-        lines = server.log_path.read_text(errors="replace").splitlines()
-        errors = [ln for ln in lines if " ERROR " in ln or "Traceback" in ln]
-        return {"count": len(errors), "sample": "\n".join(lines[-8:]) if errors else None}
-    return {"count": 0, "sample": None}
-
-
-def stop_servers(servers: list[Server]) -> None:
-    """SIGTERM (server.py shuts down cleanly and closes its store), then SIGKILL."""
-    for server in servers:
-        if server.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                server.proc.send_signal(signal.SIGTERM)
-    for server in servers:
-        try:
-            server.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(timeout=5)
 
 
 @contextlib.contextmanager
@@ -298,14 +235,6 @@ def register_user(port: int) -> dict[str, str]:
     if status != 201 or not sid:
         raise RuntimeError(f"POST /auth/register gave {status} {body[:200]!r} and sid={sid!r}")
     return {"Cookie": f"sid={sid}; _xsrf={xsrf}", "X-XSRFToken": xsrf}
-
-
-def make_login_session(port: int) -> dict[str, str]:
-    status, body, set_cookie = request(port, "POST", "/login")
-    sid = cookies_from(set_cookie).get("sid")
-    if status != 200 or not sid:
-        raise RuntimeError(f"POST /login gave {status} {body!r} and sid={sid!r}")
-    return {"Cookie": f"sid={sid}"}
 
 
 def check_run(fig: Figure, run: Run, port: int, headers: dict[str, str]) -> None:
