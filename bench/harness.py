@@ -244,11 +244,21 @@ def _children(pid: int) -> list[str]:
 
 # -- CPU -----------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far, from /proc/PID/stat.
+    """CPU time of a process (all its threads) so far: nanoseconds from each thread's
+    /proc/PID/task/TID/schedstat, or clock ticks from /proc/PID/stat without schedstats.
 
-    CPU time per request is the cross-check on throughput on a shared machine: when
-    other work takes the server's core, requests/s drops but CPU per request moves less.
+    CPU time per request is what the benchmarks compare (see :func:`run_together`): with
+    a server sharing a core for a few seconds, 10 ms ticks would cost a percent of
+    precision. A thread that exits between two readings takes its time with it; the
+    servers measured keep theirs (event loop, SQLite's worker thread).
     """
+    with contextlib.suppress(OSError, ValueError):
+        total = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just exited
+                total += int((task / "schedstat").read_text().split()[0])
+        if total:
+            return total / 1e9
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
@@ -284,52 +294,96 @@ def cpu_model() -> str:
 
 
 # -- wrk -----------------------------------------------------------------------------
+@dataclass
+class Load:
+    """One wrk load: which server process it measures, and what it asks."""
+
+    url: str
+    pid: int
+    method: str
+    headers: dict[str, str]
+    label: str
+
+
 def run_wrk(
     url: str, *, pid: int, method: str, headers: dict[str, str], label: str, seconds: int, connections: int,
     core: int | None,
 ) -> dict[str, Any]:  # fmt: skip
     """One wrk run against the server ``pid``; refuses results with any non-2xx answer or socket error."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
-    for name, value in headers.items():
-        cmd += ["-H", f"{name}: {value}"]
-    cmd.append(url)
-    cpu0, busy0, wrk0, db0 = cpu_seconds(pid), busy_cpu_seconds(), children_cpu_seconds(), database_cpu_seconds()
-    proc = subprocess.run(
-        pinned(cmd, core), env={**os.environ, "BENCH_METHOD": method}, capture_output=True, text=True,
-        timeout=seconds + 30,
-    )  # fmt: skip
-    cpu_used = cpu_seconds(pid) - cpu0
+    return run_together([Load(url, pid, method, headers, label)], seconds=seconds, connections=connections,
+                        core=core)[0]  # fmt: skip
+
+
+def run_together(loads: list[Load], *, seconds: int, connections: int, core: int | None) -> list[dict[str, Any]]:
+    """One wrk per load, all at the same time for ``seconds``; each load's figures, in order.
+
+    Servers pinned to one core and loaded over the same seconds share whatever the host
+    does to that core: on this kind of machine its speed moves by up to ×1.7 within
+    seconds (a bare handler alone: 1,850 to 3,400 req/s in consecutive 1 s runs), and
+    it moves both alike. Their CPU time per request then keeps its true ratio, which runs
+    taken one after the other cannot promise. ``foreign_cpu_cores`` is what the rest of
+    the machine (not these servers, not wrk, not the databases) used meanwhile.
+    """
+    cpu0 = [cpu_seconds(load.pid) for load in loads]
+    busy0, wrk0, db0 = busy_cpu_seconds(), children_cpu_seconds(), database_cpu_seconds()
+    procs = []
+    for load in loads:
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(WRK_SCRIPT)]
+        for name, value in load.headers.items():
+            cmd += ["-H", f"{name}: {value}"]
+        procs.append(subprocess.Popen(
+            pinned([*cmd, load.url], core), env={**os.environ, "BENCH_METHOD": load.method},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    outputs = [proc.communicate(timeout=seconds + 30) for proc in procs]
+    cpu_used = [cpu_seconds(load.pid) - before for load, before in zip(loads, cpu0, strict=True)]
     db_used = database_cpu_seconds() - db0  # backends that exited in between are missed: small
-    # What the machine did besides this server, wrk and the databases: someone else's work.
-    foreign = busy_cpu_seconds() - busy0 - cpu_used - (children_cpu_seconds() - wrk0) - db_used
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no result:\n{proc.stdout}")
-    raw = json.loads(line[len("BENCH_JSON ") :])
-    if any(raw["errors"].values()):
-        raise RuntimeError(f"{label} {method}: wrk saw errors {raw['errors']} (non-2xx or socket); figures invalid")
-    elapsed = raw["duration_us"] / 1e6
-    return {
-        "rps": raw["requests"] / elapsed,
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "requests": raw["requests"],
-        "server_cpu_us_per_request": 1e6 * cpu_used / max(raw["requests"], 1),
-        "database_cpu_us_per_request": 1e6 * db_used / max(raw["requests"], 1),
-        "foreign_cpu_cores": max(foreign, 0.0) / elapsed,
-    }
+    # What the machine did besides these servers, wrk and the databases: someone else's work.
+    foreign = busy_cpu_seconds() - busy0 - sum(cpu_used) - (children_cpu_seconds() - wrk0) - db_used
+    results = []
+    for load, proc, (stdout, stderr), used in zip(loads, procs, outputs, cpu_used, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr or stdout}")
+        line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk printed no result:\n{stdout}")
+        raw = json.loads(line[len("BENCH_JSON ") :])
+        if any(raw["errors"].values()):
+            raise RuntimeError(
+                f"{load.label} {load.method}: wrk saw errors {raw['errors']} (non-2xx or socket); figures invalid"
+            )
+        elapsed = raw["duration_us"] / 1e6
+        requests = max(raw["requests"], 1)
+        results.append({
+            "rps": raw["requests"] / elapsed,
+            "p50_ms": raw["p50_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000,
+            "requests": raw["requests"],
+            "server_cpu_us_per_request": 1e6 * used / requests,
+            "database_cpu_us_per_request": 1e6 * db_used / requests,
+            "foreign_cpu_cores": max(foreign, 0.0) / elapsed,
+        })  # fmt: skip
+    return results
 
 
-def pair(round_no: int, name: str, bare: dict[str, Any], app: dict[str, Any]) -> dict[str, Any]:
-    """A bare run and an app run taken back to back, as one ratio (printed to stderr)."""
+def pair(
+    round_no: int, name: str, bare: dict[str, Any], app: dict[str, Any], *, together: bool = False
+) -> dict[str, Any]:
+    """A bare run and an app run as one ratio (printed to stderr).
+
+    Runs taken back to back compare requests/s; runs taken together (on one core, see
+    :func:`run_together`) compare CPU per request, bare over app: with the server's core
+    saturated, as it is under wrk's 16 connections, requests/s alone is one over CPU per
+    request, so the two ratios are the same quantity, the second without the host's drift.
+    """
+    cost_ratio = bare["server_cpu_us_per_request"] / app["server_cpu_us_per_request"]
     result = {
-        "bare": bare, "app": app, "ratio": app["rps"] / bare["rps"],
-        "cpu_ratio": bare["server_cpu_us_per_request"] / app["server_cpu_us_per_request"],
+        "bare": bare, "app": app, "ratio": cost_ratio if together else app["rps"] / bare["rps"],
+        "cpu_ratio": cost_ratio, "together": together,
     }  # fmt: skip
     print(
         f"round {round_no} {name:<28} bare {bare['rps']:>7,.0f}  app {app['rps']:>7,.0f} req/s"
+        f"  ({bare['server_cpu_us_per_request']:.0f} / {app['server_cpu_us_per_request']:.0f} µs CPU per request)"
         f"  ratio {result['ratio']:.3f}  other load {max(bare['foreign_cpu_cores'], app['foreign_cpu_cores']):.2f} cores",
         file=sys.stderr,
     )

@@ -11,18 +11,20 @@ database numbers of one server; PostgreSQL: two databases of one cluster), fills
 "small" one with ``--small`` sessions and the "big" one with ``--big`` through the
 driver (:mod:`bench.fill`: bulk writes in the store's own layout, then a sample read
 back through the store's ``load`` and ``list_user``), and serves each with its own
-``login_server.py`` on the first core (wrk on the second). Then, as pairs of runs of
-the same workload on both servers back to back (which goes first alternates):
+``login_server.py`` on the first core, beside bare_server.py (wrk on the second). Then,
+as pairs in which the three servers run the same workload at the same time:
 
 - **logged-in read**: ``GET /profile`` with the cookie of a session made by
   ``POST /login`` on that server;
 - **login**: ``POST /login`` without a cookie, one new stored session per request.
 
-Each figure is the median over ``--pairs`` of big req/s ÷ small req/s, with its spread
-(lowest–highest pair ratio); target 0.90 (the big store within 10 % of the small one),
-"undecided" when the spread is wider than the gap between median and target. Each pair
-also runs each server's own ``GET``/``POST /bare`` (same cookie) beside its session
-run, so each server's ratio to bare is reported for context. Markdown table on stdout,
+Each figure is the median over ``--pairs`` of the small store's server CPU per request
+÷ the big store's (the same as big req/s ÷ small req/s with the core saturated, without
+the host's drift: :func:`bench.harness.run_together`), with its spread (lowest–highest
+pair ratio); target 0.90 (the big store within 10 % of the small one), "undecided" when
+the spread is wider than the gap between median and target. bare_server.py runs the
+same method and cookie in every pair, so each server's ratio to bare is reported for
+context. Markdown table on stdout,
 progress on stderr, every pair to bench/results/store_size.json. Every server and
 database it starts is stopped on the way out, Ctrl-C included.
 """
@@ -87,10 +89,10 @@ class Figure:
 
 
 def runs(workload: str) -> tuple[tuple[str, str, bool], tuple[str, str, bool]]:
-    """(bare, session) runs as (method, path, send the logged-in cookie)."""
+    """(bare_server.py, session) runs as (method, path, send the logged-in cookie)."""
     if workload == "read":
-        return ("GET", "/bare", True), ("GET", "/profile", True)
-    return ("POST", "/bare", False), ("POST", "/login", False)
+        return ("GET", "/", True), ("GET", "/profile", True)
+    return ("POST", "/", False), ("POST", "/login", False)
 
 
 # -- the two stores of one kind -----------------------------------------------------------
@@ -173,15 +175,11 @@ def check(server: Server, cookie: dict[str, str]) -> None:
         raise RuntimeError(f"{server.name}: POST /login gave {status} {body[:200]!r} and no session cookie")
 
 
-def wrk(
-    server: Server, run: tuple[str, str, bool], cookie: dict[str, str], seconds: int, opts: argparse.Namespace,
-    core: int | None,
-) -> dict[str, Any]:  # fmt: skip
+def load(server: Server, run: tuple[str, str, bool], cookie: dict[str, str]) -> harness.Load:
     method, path, with_cookie = run
-    return harness.run_wrk(
-        f"http://127.0.0.1:{server.port}{path}", pid=server.proc.pid, method=method,
-        headers=cookie if with_cookie else {}, label=f"{server.name} {path}", seconds=seconds,
-        connections=opts.connections, core=core,
+    return harness.Load(
+        f"http://127.0.0.1:{server.port}{path}", server.proc.pid, method, cookie if with_cookie else {},
+        f"{server.name} {path}",
     )  # fmt: skip
 
 
@@ -201,32 +199,32 @@ def measure_store(
         after_fill = sizes(urls)
         running: dict[str, Server] = {}
         try:
+            running["bare"] = start_server(f"{store}_bare", [str(BENCH / "bare_server.py")], folder, server_core, env)
             for size in SIZES:
                 args = [str(BENCH / "login_server.py"), "--store", urls[size]]
                 running[size] = start_server(f"{store}_{size}", args, folder, server_core, env)
-            for server in running.values():
-                wait_ready(server, "/bare")
-            cookies = {size: make_login_session(server.port) for size, server in running.items()}
-            for size, server in running.items():
-                check(server, cookies[size])
+            wait_ready(running["bare"], "/")
+            for size in SIZES:
+                wait_ready(running[size], "/bare")
+            cookies = {size: make_login_session(running[size].port) for size in SIZES}
+            for size in SIZES:
+                check(running[size], cookies[size])
+
+            def together(fig: Figure, seconds: int) -> dict[str, dict[str, Any]]:
+                # The bare server, the small and the big store's servers, all at once on one core.
+                bare_run, app_run = runs(fig.workload)
+                loads = [load(running["bare"], bare_run, cookies["small"])]
+                loads += [load(running[size], app_run, cookies[size]) for size in SIZES]
+                results = harness.run_together(
+                    loads, seconds=seconds, connections=opts.connections, core=wrk_core
+                )
+                return dict(zip(("bare", *SIZES), results, strict=True))
+
             for fig in figs:  # warm-up, not recorded
-                for size in SIZES:
-                    for run in runs(fig.workload):
-                        wrk(running[size], run, cookies[size], opts.warmup, opts, wrk_core)
+                together(fig, opts.warmup)
             for round_no in range(1, opts.pairs + 1):
                 for fig in figs if round_no % 2 else list(reversed(figs)):
-                    # Which store goes first alternates from round to round for each figure.
-                    first, second = SIZES if (round_no + figs.index(fig)) % 2 else tuple(reversed(SIZES))
-                    bare_run, app_run = runs(fig.workload)
-                    result: dict[str, dict[str, Any]] = {first: {}, second: {}}
-                    # bare, session on one; session, bare on the other: the two session runs back to back.
-                    order = ((first, "bare", bare_run), (first, "app", app_run), (second, "app", app_run),
-                             (second, "bare", bare_run))  # fmt: skip
-                    for size, what, run in order:
-                        result[size][what] = wrk(
-                            running[size], run, cookies[size], opts.duration, opts, wrk_core
-                        )
-                    fig.pairs.append(pair(round_no, fig, first, result))
+                    fig.pairs.append(pair(round_no, fig, together(fig, opts.duration)))
             errors = {}
             for size, server in running.items():
                 if server.proc.poll() is not None:
@@ -241,20 +239,17 @@ def measure_store(
     }  # fmt: skip
 
 
-def pair(round_no: int, fig: Figure, first: str, result: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    small, big = result["small"], result["big"]
+def pair(round_no: int, fig: Figure, result: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Three runs taken together: CPU per request decides (see bench.harness.run_together)."""
+    bare, small, big = (result[name]["server_cpu_us_per_request"] for name in ("bare", *SIZES))
     out = {
-        "round": round_no, "first": first, "small": small, "big": big,
-        "ratio": big["app"]["rps"] / small["app"]["rps"],
-        "small_to_bare": small["app"]["rps"] / small["bare"]["rps"],
-        "big_to_bare": big["app"]["rps"] / big["bare"]["rps"],
-        "cpu_ratio": small["app"]["server_cpu_us_per_request"] / big["app"]["server_cpu_us_per_request"],
+        "round": round_no, **result, "ratio": small / big, "small_to_bare": bare / small, "big_to_bare": bare / big,
     }  # fmt: skip
-    other = max(run["foreign_cpu_cores"] for side in (small, big) for run in side.values())
+    other = max(run["foreign_cpu_cores"] for run in result.values())
     log(
-        f"round {round_no} {fig.name:<16} small {small['app']['rps']:>7,.0f}  big {big['app']['rps']:>7,.0f} req/s"
+        f"round {round_no} {fig.name:<16} CPU per request: bare {bare:.0f}, small {small:.0f}, big {big:.0f} µs"
         f"  big/small {out['ratio']:.3f}  (to bare: small {out['small_to_bare']:.2f}, big {out['big_to_bare']:.2f})"
-        f"  {first} first  other load {other:.2f} cores"
+        f"  other load {other:.2f} cores"
     )
     return out
 
@@ -278,33 +273,29 @@ def summarize(fig: Figure) -> dict[str, Any]:
         "name": fig.name, "store": fig.store, "workload": fig.workload, "target": TARGET,
         "ratio_median": med, "ratio_min": low, "ratio_max": high,
         "verdict": "missed" if decided == "not met" else decided,
-        "small_rps": median("small", "app", "rps"), "big_rps": median("big", "app", "rps"),
-        "small_bare_rps": median("small", "bare", "rps"), "big_bare_rps": median("big", "bare", "rps"),
+        "small_rps": median("small", "rps"), "big_rps": median("big", "rps"), "bare_rps": median("bare", "rps"),
         "small_to_bare": median("small_to_bare"), "big_to_bare": median("big_to_bare"),
-        "small_cpu_us": median("small", "app", "server_cpu_us_per_request"),
-        "big_cpu_us": median("big", "app", "server_cpu_us_per_request"),
-        "small_p99_ms": median("small", "app", "p99_ms"), "big_p99_ms": median("big", "app", "p99_ms"),
-        "cpu_ratio": median("cpu_ratio"),
-        "max_foreign_cpu_cores": max(
-            run["foreign_cpu_cores"] for p in fig.pairs for side in ("small", "big") for run in p[side].values()
-        ),
+        "bare_cpu_us": median("bare", "server_cpu_us_per_request"),
+        "small_cpu_us": median("small", "server_cpu_us_per_request"),
+        "big_cpu_us": median("big", "server_cpu_us_per_request"),
+        "small_p99_ms": median("small", "p99_ms"), "big_p99_ms": median("big", "p99_ms"),
+        "max_foreign_cpu_cores": max(p[name]["foreign_cpu_cores"] for p in fig.pairs for name in ("bare", *SIZES)),
         "pairs": fig.pairs,
     }  # fmt: skip
 
 
 def markdown(rows: list[dict[str, Any]], stores: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        "| Store | Workload | Target | Big ÷ small (median) | Spread (min–max) | Verdict | Small req/s | Big req/s "
-        "| Small ÷ bare | Big ÷ bare | CPU/request small → big | CPU ratio |",
-        "|---|---|--:|--:|--:|:-:|--:|--:|--:|--:|--:|--:|",
+        "| Store | Workload | Target | Big ÷ small (median) | Spread (min–max) | Verdict | CPU/request small → big "
+        "| Small ÷ bare | Big ÷ bare | req/s small, big (a third of a core each) |",
+        "|---|---|--:|--:|--:|:-:|--:|--:|--:|--:|",
     ]
     for r in rows:
         verdict = f"**{r['verdict']}**" if r["verdict"] == "missed" else r["verdict"]
         lines.append(
             f"| {STORES[r['store']]} | {WORKLOADS[r['workload']]} | ≥ {r['target']:.2f} | **{r['ratio_median']:.2f}** "
-            f"| {r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {verdict} | {r['small_rps']:,.0f} | {r['big_rps']:,.0f} "
-            f"| {r['small_to_bare']:.2f} | {r['big_to_bare']:.2f} | {r['small_cpu_us']:.0f} → {r['big_cpu_us']:.0f} µs "
-            f"| {r['cpu_ratio']:.2f} |"
+            f"| {r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {verdict} | {r['small_cpu_us']:.0f} → {r['big_cpu_us']:.0f} µs "
+            f"| {r['small_to_bare']:.2f} | {r['big_to_bare']:.2f} | {r['small_rps']:,.0f}, {r['big_rps']:,.0f} |"
         )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("met", "missed", "undecided")}
     pin = (
@@ -315,12 +306,13 @@ def markdown(rows: list[dict[str, Any]], stores: list[dict[str, Any]], meta: dic
     lines += [
         "",
         f"{counts['met']} met, {counts['missed']} missed, {counts['undecided']} undecided. Each ratio is the median "
-        f"of {meta['pairs']} pairs; a pair is the small and the big store's login_server.py each running the "
-        f"workload for {meta['duration_s']} s back to back (bare, session on one; session, bare on the other; which "
-        "goes first alternates), spread = lowest–highest pair ratio, undecided = the spread is wider than the gap "
-        'between median and target. "÷ bare" = that server\'s session req/s over its own `/bare` in the same '
-        "pair (median); CPU ratio = small's server CPU per request over big's (median). "
-        f"wrk -t1 -c{meta['connections']}, {pin}, {meta['warmup_s']} s warm-up per run.",
+        f"of {meta['pairs']} pairs. In a pair, bare_server.py and the small and the big store's login_server.py "
+        f"run the workload at the same time for {meta['duration_s']} s, all three on one core, each under its "
+        "own wrk; big ÷ small is the small store's server CPU per request over the big store's (with the core "
+        "saturated, requests/s is one over CPU per request, and sharing the core over the same seconds cancels "
+        "the host's speed changes). Spread = lowest–highest pair ratio, undecided = the spread is wider than the "
+        'gap between median and target. "÷ bare" = bare_server.py\'s CPU per request over that server\'s (median). '
+        f"wrk -t1 -c{meta['connections']} per server, {pin}, {meta['warmup_s']} s warm-up per figure.",
         "",
     ]
     for s in stores:
@@ -384,7 +376,7 @@ def main() -> int:
     load_start = os.getloadavg()[0]
     if load_start > 1.0:
         log(f"warning: load average {load_start:.2f}: other work will make the pairs noisier")
-    load_s = len(stores) * len(WORKLOADS) * 2 * (2 * opts.warmup + opts.pairs * 2 * opts.duration)
+    load_s = len(stores) * len(WORKLOADS) * (opts.warmup + opts.pairs * opts.duration)
     log(
         f"{len(stores)} stores x {len(WORKLOADS)} figures x {opts.pairs} pairs: about {load_s / 60:.1f} min of load"
     )
