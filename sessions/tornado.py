@@ -35,7 +35,7 @@ from .events import log_event, security_log
 from .manager import CommitPlan, MisconfiguredError, SessionManager, SessionTooLarge
 from .session import Session
 from .stores.base import StoreError
-from .tornado_internals import is_finished, response_header
+from .tornado_internals import is_finished, mark_private
 
 log = logging.getLogger("sessions")
 
@@ -119,9 +119,7 @@ class SessionMixin(CookieReaderMixin, RequestHandler):
             except StoreError as exc:
                 log.error("session store failed on load: %s", exc)
                 raise HTTPError(503, reason="Session Store Unavailable") from exc
-            if "cookie" not in response_header(self, "Vary").lower():
-                self.add_header("Vary", "Cookie")
-            self.set_header("Cache-Control", "no-store")
+            mark_private(self)  # a response built from a session is this browser's alone
         return self._session
 
     async def pop_flashes(self, category: str | None = None) -> list[tuple[str, str]]:

@@ -23,10 +23,19 @@ def apply_forwarded_headers(connection_context: Any, headers: httputil.HTTPHeade
     connection_context._apply_xheaders(headers)
 
 
-def response_header(handler: RequestHandler, name: str) -> str:
-    """A header already set on the response being built ("" when none)."""
-    value: str = handler._headers.get(name, "")
-    return value
+def mark_private(handler: RequestHandler) -> None:
+    """``Vary: Cookie`` (once) and ``Cache-Control: no-store`` on the response being built.
+
+    Straight into the header map: the values are constants, so ``set_header``'s per-value
+    checks buy nothing, and this runs on every request that loads a session.
+    """
+    headers = handler._headers
+    vary = headers.get("Vary")
+    if vary is None:
+        headers["Vary"] = "Cookie"
+    elif "cookie" not in vary.lower():
+        headers["Vary"] = f"{vary}, Cookie"
+    headers["Cache-Control"] = "no-store"
 
 
 def is_finished(handler: RequestHandler) -> bool:

@@ -31,6 +31,24 @@ def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+_DECODER = json.JSONDecoder()
+
+
+def loads(text: str) -> Any:
+    """A stored value's JSON text, decoded: what ``json.loads`` gives, for less.
+
+    The stored texts are this module's canonical JSON (no surrounding whitespace), so
+    the decoder's ``raw_decode`` reads them whole; ``json.loads`` spends more on its own
+    checks than on a small value (2 µs against 0.4 for ``3``). Any other text goes to
+    ``json.loads``, whose result and errors are the rule.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except ValueError:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 class SessionState:
     """The store's copy of one session and the keys this request touched."""
 
@@ -51,7 +69,7 @@ class SessionState:
         self.resend_cookie = False
 
     def decoded(self) -> dict[str, Any]:
-        return {name: json.loads(text) for name, text in self.stored.items()}
+        return {name: loads(text) for name, text in self.stored.items()}
 
     def set(self, name: str, text: str | None) -> None:
         """``name`` was set (``text``: its JSON when immutable) or deleted (None)."""
@@ -149,7 +167,7 @@ class SessionState:
         for name in sorted(names):
             if name in self.stored:
                 text = taken.get(name)
-                value = json.loads(text) if text is not None else None
+                value = loads(text) if text is not None else None
                 del self.stored[name]
             else:
                 value = data.get(name)

@@ -578,3 +578,32 @@ def test_meta_changes_are_tracked_and_cleared_on_destroy():
     assert not meta_changed(session)
     session.destroy()
     assert session.meta == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['3', '-0.5e3', '"zoë"', 'true', 'null', '[1,{"a":[]}]', '{"b":1,"a":"x"}', ' 3', '3 ', '\t[1]\n', 'NaN',
+     '"\\ud83d\\ude00"', '1e400'],
+)  # fmt: skip
+def test_stored_texts_decode_exactly_as_json_loads_decodes_them(text: str) -> None:
+    from sessions.tracking import loads
+
+    assert repr(loads(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", ["", "3 4", "[1", "tru", "'x'", "[1]x", "{}{}"])
+def test_what_json_loads_refuses_is_refused_the_same_way(text: str) -> None:
+    from sessions.tracking import loads
+
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        loads(text)
+    assert str(got.value) == str(expected.value)
+
+
+def test_get_reads_like_a_mapping_and_watches_mutable_values() -> None:
+    session = Session("id", "key", stored={"n": "1", "cart": "[1]"}, created=0, last_access=0, expires=1)
+    assert session.get("n") == 1 and session.get("missing") is None and session.get("missing", 7) == 7
+    session.get("cart").append(2)  # mutated in place through get(): the commit must notice
+    assert state_of(session).changes(session) == ({"cart": "[1,2]"}, [])
