@@ -164,7 +164,8 @@ def server_commands(tmp: Path, app_root: Path, urls: dict[str, str]) -> dict[str
             "/health",
         )  # fmt: skip
         out[f"lib_{store}"] = (
-            [str(BENCH / "login_server.py"), "--store", url.format(tmp=tmp / "lib")],
+            # The library alone from the same checkout (login_server.py puts its own tree first).
+            [str(app_root / "bench" / "login_server.py"), "--store", url.format(tmp=tmp / "lib")],
             "/bare",
         )
     (tmp / "app").mkdir(parents=True, exist_ok=True)
@@ -430,7 +431,8 @@ def parse_args() -> argparse.Namespace:
         "--app-root",
         type=Path,
         default=ROOT,
-        help="checkout whose server.py and sessions/ the demo app servers run (compare a change against this tree)",
+        help="checkout whose server.py, bench/login_server.py and sessions/ the app servers run "
+        "(compare a change against this tree; the bare server and the method stay this tree's)",
     )
     parser.add_argument(
         "--check",
