@@ -19,13 +19,15 @@ routes (``/bare``, ``/setup``, ``/read``, ``/login``; see tornado_server.py):
 Workloads, alike everywhere: **read** = ``GET /read`` with the cookie of a session
 holding ``{"count": 1}``, answering the counter (no change); **login** = ``POST /login``
 without a cookie, making a new (regenerated) session that stores the user id; each is
-compared with ``GET /bare`` (same Cookie header) or ``POST /bare`` of the same process,
-which answers ``{"count": 0}`` with no session code.
+compared with ``GET /bare`` (same Cookie header) or ``POST /bare`` of the same server
+program, which answers ``{"count": 0}`` with no session code.
 
-Method: every figure is the median of ``--pairs`` (default 5) ratios, each from a bare
-run and an app run taken back to back (bare, app); rounds go through all figures,
-forwards then backwards, so a slow spell on a shared machine lands on a pair rather than
-on a figure. The spread (min–max of the pair ratios) is printed beside it, and a target
+Method: every figure is the median of ``--pairs`` (default 5) ratios. Each server program
+runs as two identical processes; in a pair one answers the bare route and the other the
+session route *at the same time*, both on the first core, each under its own wrk, and
+the ratio is bare CPU per request over session CPU per request
+(:func:`bench.harness.run_together`: the host's speed changes hit both alike). Rounds go
+through all figures, forwards then backwards. The spread (min–max of the pair ratios) is printed beside it, and a target
 is "undecided" when the spread is wider than the gap between the median and the target.
 Servers on the first core, wrk (-t1 -c16) and the databases on the second. Prints a
 Markdown table on stdout, progress on stderr, raw figures to bench/results/peers.json.
@@ -206,24 +208,18 @@ class Server:
         return ""
 
 
-
-
 def start_server(
-    spec: ServerSpec, urls: dict[str, str], tmp: Path, core: int | None, env: dict[str, str]
+    spec: ServerSpec, urls: dict[str, str], tmp: Path, core: int | None, env: dict[str, str], suffix: str = ""
 ) -> Server:
     port = free_port()
-    args = [a.format(tmp=tmp, **urls) for a in spec.args]
-    log_path = tmp / f"{spec.name}.log"
+    args = [a.format(tmp=tmp, **urls).replace(".sqlite3", f"{suffix}.sqlite3") for a in spec.args]
+    log_path = tmp / f"{spec.name}{suffix}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             pinned([*args, "--port", str(port)], core),
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     return Server(spec, port, proc, log_path)
-
-
-
-
 
 
 def wait_ready(server: Server, timeout: float = 20.0) -> None:
@@ -264,31 +260,13 @@ def prepare(server: Server) -> None:
         raise RuntimeError(f"{name}: POST {p}/login gave {status} {body[:200]!r}, cookies {set_cookie}")
 
 
-
-
-
-
-
-
-
-
 # -- measuring ---------------------------------------------------------------------
 
 
-
-
-
-
-
-
-def run_wrk(
-    server: Server, method: str, path: str, cookie: bool, seconds: int, connections: int, core: int | None
-) -> dict[str, Any]:
-    """One wrk run; refuses results with any non-2xx answer or socket error."""
-    return harness.run_wrk(
-        f"http://127.0.0.1:{server.port}{path}", pid=server.proc.pid, method=method,
-        headers={"Cookie": server.cookie} if cookie else {}, label=f"{server.spec.name} {path}",
-        seconds=seconds, connections=connections, core=core,
+def load(server: Server, method: str, path: str, cookie: str | None) -> harness.Load:
+    return harness.Load(
+        f"http://127.0.0.1:{server.port}{path}", server.proc.pid, method,
+        {"Cookie": cookie} if cookie else {}, f"{server.spec.name} {path}",
     )  # fmt: skip
 
 
@@ -311,28 +289,33 @@ def measure(
     env["PYTHONUNBUFFERED"] = "1"
     env["NODE_ENV"] = "production"
     needed = {n for s in specs for n in s.needs}
-    runs_per_pair = 2
-    planned = len(figs) * (2 * opts.warmup + opts.pairs * runs_per_pair * opts.duration)
+    planned = len(figs) * (opts.warmup + opts.pairs * opts.duration)
     print(f"{len(figs)} figures x {opts.pairs} pairs, about {planned / 60:.1f} min of load", file=sys.stderr)
     servers: dict[str, Server] = {}
     with databases(needed, tmp, wrk_core) as urls:
         try:
             for spec in specs:
+                # Two identical processes: one answers the bare route, the other the session
+                # route, at the same time on one core (bench.harness.run_together).
                 servers[spec.name] = start_server(spec, urls, tmp, server_core, env)
+                servers[f"{spec.name} bare"] = start_server(spec, urls, tmp, server_core, env, suffix="-bare")
             for server in servers.values():
                 wait_ready(server)
                 prepare(server)
+
+            def together(fig: Figure, seconds: int) -> list[dict[str, Any]]:
+                app_server, bare_server = servers[fig.server], servers[f"{fig.server} bare"]
+                (bm, bp, bc), (am, ap, ac) = workload(fig, app_server)
+                cookie = app_server.cookie  # the same header on both, whatever the route reads
+                loads = [load(bare_server, bm, bp, cookie if bc else None), load(app_server, am, ap, cookie if ac else None)]
+                return harness.run_together(loads, seconds=seconds, connections=opts.connections, core=wrk_core)
+
             for fig in figs:  # warm-up (V8's JIT and CPython's caches), not recorded
-                server = servers[fig.server]
-                for method, path, cookie in workload(fig, server):
-                    run_wrk(server, method, path, cookie, opts.warmup, opts.connections, wrk_core)
+                together(fig, opts.warmup)
             for round_no in range(1, opts.pairs + 1):
                 for fig in figs if round_no % 2 else list(reversed(figs)):
-                    server = servers[fig.server]
-                    (bm, bp, bc), (am, ap, ac) = workload(fig, server)
-                    bare = run_wrk(server, bm, bp, bc, opts.duration, opts.connections, wrk_core)
-                    app = run_wrk(server, am, ap, ac, opts.duration, opts.connections, wrk_core)
-                    fig.pairs.append(pair(round_no, fig.name, bare, app))
+                    bare, app = together(fig, opts.duration)
+                    fig.pairs.append(pair(round_no, fig.name, bare, app, together=True))
             errors = {}
             for name, server in servers.items():
                 if server.proc.poll() is not None:
@@ -410,10 +393,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"Each ratio is the median of {meta['pairs']} pairs (a {meta['duration_s']} s bare run, then a "
-        f"{meta['duration_s']} s session run on the same server process), pairs interleaved across all rows, "
-        f"after {meta['warmup_s']} s of warm-up per workload; spread = lowest–highest pair ratio; CPU ratio = bare "
-        "server CPU per request / session server CPU per request (median over pairs). Read = GET with a session "
+        f"Each ratio is the median of {meta['pairs']} pairs: two processes of the same server program, one "
+        f"answering the bare route and one the session route at the same time for {meta['duration_s']} s on one "
+        "core, each under its own wrk; ratio = bare CPU per request / session CPU per request (with the core "
+        "saturated, the throughput ratio without the host's drift); req/s columns are each process's while sharing "
+        f"the core. Pairs interleaved across all rows, after {meta['warmup_s']} s of warm-up per workload; spread = "
+        "lowest–highest pair ratio. Read = GET with a session "
         "cookie, compared with GET /bare carrying the same cookie; login = POST without cookie, compared with "
         f"POST /bare. wrk -t1 -c{meta['connections']}, {pin}. Undecided: the spread is wider than the gap to the "
         f"target. {meta['cpu']}, {meta['cpus']} vCPUs; Node {v['node']}, Express {v['express']}, express-session "
@@ -464,10 +449,6 @@ def versions() -> dict[str, str]:
         "postgresql": pg,
         "wrk": out(["wrk", "-v"]).split(" [")[0].strip(),
     }
-
-
-
-
 
 
 def parse_args() -> argparse.Namespace:
