@@ -81,9 +81,9 @@ class Session(MutableMapping[str, Any]):
         del self._data[name]
         self._state.set(name, None)
 
-    def get(self, name: str, default: Any = None) -> Any:
+    def get(self, key: str, default: Any = None) -> Any:
         """``Mapping.get`` without its ``try``/``KeyError`` round trip: most requests call it."""
-        return self[name] if name in self._data else default
+        return self[key] if key in self._data else default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)

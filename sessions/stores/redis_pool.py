@@ -11,8 +11,8 @@ release, about a fifth of a command's client-side cost (measured: 193 against 15
 :class:`WaitingConnectionPool` keeps the plain pool's path while a connection is
 free and queues callers only when all ``max_connections`` are out, up to
 ``timeout`` seconds, first come first served. It counts connections itself (one
-slot per connection handed out), so it relies on nothing of redis-py but
-``get_connection`` and ``release``.
+slot per connection handed out through ``get_connection``, freed by ``release``), so
+it overrides nothing of redis-py's pool but those two methods.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ __all__ = ["WaitingConnectionPool"]
 class WaitingConnectionPool(ConnectionPool):
     """``ConnectionPool`` whose callers wait (up to ``timeout``) when every connection is busy."""
 
-    def __init__(self, *, timeout: float | None = 2.0, max_connections: int = 64, **kwargs: Any) -> None:
+    def __init__(self, *, timeout: float | None = 2.0, max_connections: int | None = 64, **kwargs: Any) -> None:
         super().__init__(max_connections=max_connections, **kwargs)
         self.timeout = timeout
-        self._free_slots = max_connections
+        self._free_slots: int = self.max_connections  # as redis-py read it (0 and None mean its default)
         self._held: set[AbstractConnection] = set()
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -65,12 +65,17 @@ class WaitingConnectionPool(ConnectionPool):
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, self.timeout)
-        except TimeoutError:
-            raise RedisConnectionError("No connection available.") from None
-        except BaseException:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation that
+            # arrives with the slot, and 3.12's turns it into a timeout that loses the slot.
+            async with asyncio.timeout(self.timeout):
+                await waiter
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
                 self._give_back_slot()  # handed a slot just as we gave up: pass it on
+            else:
+                waiter.cancel()  # so that no release hands it one
+            if isinstance(exc, TimeoutError):
+                raise RedisConnectionError("No connection available.") from None
             raise
         finally:
             if waiter in self._waiters:

@@ -8,6 +8,7 @@ connection error, and slots must add up afterwards, whatever was cancelled.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -97,3 +98,52 @@ async def test_the_store_built_from_a_url_serves_a_burst_beyond_its_pool(
         assert [r.data["n"] for r in loaded if r is not None] == [str(i) for i in range(200)]
     finally:
         await store.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_slot_handed_over_as_the_wait_times_out_is_not_lost(redis_url: str) -> None:
+    # The release hands the waiter its slot, then the loop is blocked past the waiter's
+    # deadline: the timeout and the hand-over land in the same loop pass.
+    client, pool = pool_client(redis_url, size=1, timeout=0.2)
+    try:
+        held = await pool.get_connection()
+        waiting = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(0.1)
+        await pool.release(held)
+        time.sleep(0.25)  # noqa: ASYNC251 - blocking the loop on purpose
+        try:
+            connection = await waiting
+        except RedisConnectionError:
+            pass  # it gave up: the slot must have gone back
+        else:
+            await pool.release(connection)
+        assert pool._free_slots == 1 and not pool._waiters
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_the_slot_on(redis_url: str) -> None:
+    client, pool = pool_client(redis_url, size=1, timeout=5.0)
+    try:
+        held = await pool.get_connection()
+        first = asyncio.ensure_future(pool.get_connection())
+        second = asyncio.ensure_future(pool.get_connection())
+        await asyncio.sleep(0.05)
+        await pool.release(held)  # hands the slot to `first`...
+        first.cancel()  # ...which is cancelled before it runs again
+        connection = await asyncio.wait_for(second, 2.0)  # the slot reached `second`
+        assert first.cancelled()
+        await pool.release(connection)
+        assert pool._free_slots == 1 and not pool._waiters
+    finally:
+        await client.aclose()
+
+
+def test_the_slot_count_follows_redis_py_reading_of_max_connections() -> None:
+    assert (
+        WaitingConnectionPool(max_connections=None)._free_slots
+        == WaitingConnectionPool(max_connections=None).max_connections
+    )
+    assert WaitingConnectionPool(max_connections=7)._free_slots == 7
