@@ -137,11 +137,14 @@ def stop_servers(servers: list[Any]) -> None:
 
 
 def request(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None
+    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
 ) -> tuple[int, str, list[str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    """One request by hand: (status, body text, Set-Cookie values). A POST without a body sends an empty one."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request(method, path, body=b"" if method == "POST" else None, headers=headers or {})
+        if body is None and method == "POST":
+            body = b""
+        conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read().decode("utf-8", "replace"), resp.headers.get_all("Set-Cookie") or []
     finally:
@@ -391,9 +394,16 @@ def pair(
 
 
 def verdict(median: float, low: float, high: float, target: float | None) -> str | None:
-    """met / not met, or undecided when the spread is wider than the gap to the target."""
+    """met / missed, or undecided when the spread is wider than the gap to the target."""
     if target is None:
         return None
     if high - low > abs(median - target):
         return "undecided"
-    return "met" if median >= target else "not met"
+    return "met" if median >= target else "missed"
+
+
+def placement(meta: dict[str, Any]) -> str:
+    """Where the servers and the load ran, for a table's note."""
+    if not meta["pinned"]:
+        return "not pinned"
+    return f"servers on core {meta['server_core']}, wrk and the databases on core {meta['wrk_core']}"

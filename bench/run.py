@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import platform
@@ -47,7 +46,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,9 +60,9 @@ from bench import harness  # noqa: E402
 from bench.harness import (  # noqa: E402
     Server,
     cpu_model,
-    interruptible,
     logged_errors,
     make_login_session,
+    request,
     start_server,
     stop_servers,
     wait_ready,
@@ -183,26 +181,7 @@ def databases(names: set[str], tmp: Path, core: int | None) -> Iterator[dict[str
         yield {store: url for store, url in urls.items() if store in names}
 
 
-#: The database servers this run started (PostgreSQL: the postmaster, whose backends
-#: are looked up at each run), so that their CPU is not counted as other people's load.
-
-
 # -- sessions made through the public API ------------------------------------------
-def request(
-    port: int, method: str, path: str, headers: dict[str, str] | None = None, body: bytes | None = None
-) -> tuple[int, str, list[str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        if body is None and method == "POST":
-            body = b""
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        text = resp.read().decode("utf-8", "replace")
-        return resp.status, text, resp.headers.get_all("Set-Cookie") or []
-    finally:
-        conn.close()
-
-
 def xsrf_cookie(port: int) -> str:
     status, _, set_cookie = request(port, "GET", "/api/counter")
     xsrf = cookies_from(set_cookie).get("_xsrf")
@@ -283,11 +262,7 @@ def sealed_cookie_size() -> dict[str, Any]:
 
 
 def measure(figs: list[Figure], stores: list[str], opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    cores = sorted(os.sched_getaffinity(0))
-    pin = len(cores) >= 2 and shutil.which("taskset") is not None
-    server_core, wrk_core = (cores[0], cores[1]) if pin else (None, None)
-    if not pin:
-        print("warning: fewer than 2 cores or no taskset: servers and wrk share the CPU", file=sys.stderr)
+    pin, server_core, wrk_core = harness.cores()
     env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROP}
     env["SESSION_KEYS"] = generate_key()  # fresh for this run, never written to disk
     env["PYTHONUNBUFFERED"] = "1"
@@ -306,6 +281,7 @@ def measure(figs: list[Figure], stores: list[str], opts: argparse.Namespace, tmp
                 headers[f"anon_{store}"] = make_session(servers[f"app_{store}"].port)
                 headers[f"user_{store}"] = register_user(servers[f"app_{store}"].port)
                 headers[f"lib_{store}"] = make_login_session(servers[f"lib_{store}"].port)
+
             def together(fig: Figure, seconds: int) -> list[dict[str, Any]]:
                 loads = [load_of(r, servers[r.server], headers[r.headers]) for r in (fig.bare, fig.app)]
                 return harness.run_together(loads, seconds=seconds, connections=opts.connections, core=wrk_core)
@@ -330,15 +306,6 @@ def measure(figs: list[Figure], stores: list[str], opts: argparse.Namespace, tmp
 
 
 # -- report ------------------------------------------------------------------------
-def verdict(median: float, low: float, high: float, target: float | None) -> str | None:
-    """met / missed, or undecided when the spread is wider than the gap to the target."""
-    if target is None:
-        return None
-    if high - low > abs(median - target):
-        return "undecided"
-    return "met" if median >= target else "missed"
-
-
 def summarize(figs: list[Figure]) -> list[dict[str, Any]]:
     out = []
     for fig in figs:
@@ -367,7 +334,7 @@ def summarize(figs: list[Figure]) -> list[dict[str, Any]]:
                 max(p["bare"]["foreign_cpu_cores"], p["app"]["foreign_cpu_cores"]) for p in fig.pairs
             ),
             "target": fig.target,
-            "verdict": verdict(med, low, high, fig.target),
+            "verdict": harness.verdict(med, low, high, fig.target),
             "pairs": fig.pairs,
         })  # fmt: skip
     return out
@@ -390,11 +357,7 @@ def markdown(rows: list[dict[str, Any]], cookie: dict[str, Any], meta: dict[str,
             f"| {r['app_cpu_us_per_request']:.0f} µs | {r['app_median_rps']:,.0f} | {r['app_median_p99_ms']:.1f} ms |"
         )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("met", "missed", "undecided")}
-    pin = (
-        f"servers on core {meta['server_core']}, wrk and the databases on core {meta['wrk_core']}"
-        if meta["pinned"]
-        else "not pinned"
-    )
+    pin = harness.placement(meta)
     lines += [
         "",
         f"{counts['met']} met, {counts['missed']} missed, {counts['undecided']} undecided. Each ratio is the median "
@@ -460,18 +423,10 @@ def main() -> int:
         )
 
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="tornado-sessions-bench-"))
-    try:
-        with interruptible():
-            run_meta = measure(figs, stores, opts, tmp)
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        print(f"error: {exc}\nservers stopped", file=sys.stderr)
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    outcome = harness.run_measured("tornado-sessions-bench-", lambda tmp: measure(figs, stores, opts, tmp))
+    if isinstance(outcome, int):
+        return outcome
+    run_meta = outcome
     if opts.check:
         print(f"checked {len(figs)} figures by hand: servers answer, sessions found", file=sys.stderr)
         return 0

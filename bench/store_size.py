@@ -272,7 +272,7 @@ def summarize(fig: Figure) -> dict[str, Any]:
     return {
         "name": fig.name, "store": fig.store, "workload": fig.workload, "target": TARGET,
         "ratio_median": med, "ratio_min": low, "ratio_max": high,
-        "verdict": "missed" if decided == "not met" else decided,
+        "verdict": decided,
         "small_rps": median("small", "rps"), "big_rps": median("big", "rps"), "bare_rps": median("bare", "rps"),
         "small_to_bare": median("small_to_bare"), "big_to_bare": median("big_to_bare"),
         "bare_cpu_us": median("bare", "server_cpu_us_per_request"),
@@ -298,11 +298,7 @@ def markdown(rows: list[dict[str, Any]], stores: list[dict[str, Any]], meta: dic
             f"| {r['small_to_bare']:.2f} | {r['big_to_bare']:.2f} | {r['small_rps']:,.0f}, {r['big_rps']:,.0f} |"
         )
     counts = {v: sum(r["verdict"] == v for r in rows) for v in ("met", "missed", "undecided")}
-    pin = (
-        f"servers on core {meta['server_core']}, wrk and the databases on core {meta['wrk_core']}"
-        if meta["pinned"]
-        else "not pinned"
-    )
+    pin = harness.placement(meta)
     lines += [
         "",
         f"{counts['met']} met, {counts['missed']} missed, {counts['undecided']} undecided. Each ratio is the median "

@@ -378,19 +378,15 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             else f"≥ {r['target']:.2f}" + (f" ({r['target_note']})" if r["target_note"] else "")
         )
         v = r["verdict"] or ""
-        if v == "not met":
-            v = "**not met**"
+        if v == "missed":
+            v = "**missed**"
         lines.append(
             f"| {r['framework']} | {r['session']} | {WORKLOAD_LABEL[r['workload']]} | {r['bare_median_rps']:,.0f} "
             f"| {r['app_median_rps']:,.0f} | **{r['ratio_median']:.2f}** | {r['ratio_min']:.2f}–{r['ratio_max']:.2f} "
             f"| {r['cpu_ratio_median']:.2f} | {target} | {v} |"
         )
     v = meta["versions"]
-    pin = (
-        f"servers on core {meta['server_core']}, wrk and databases on core {meta['wrk_core']}"
-        if meta["pinned"]
-        else "not pinned"
-    )
+    pin = harness.placement(meta)
     lines += [
         "",
         f"Each ratio is the median of {meta['pairs']} pairs: two processes of the same server program, one "
